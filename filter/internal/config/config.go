@@ -1,0 +1,63 @@
+// Package config turns the plugin configuration (JSON) into a validated Config.
+//
+// Parsing uses gjson (no reflection). Every problem is reported with the JSON path of the
+// field it concerns, so that an operator can fix the configuration from one log line.
+// Field names follow the original proposal; unknown fields are errors.
+package config
+
+// ClientAuth selects how the filter authenticates its confidential client at the token endpoint.
+type ClientAuth uint8
+
+const (
+	// ClientAuthPost sends client_id and client_secret as form fields (the default).
+	ClientAuthPost ClientAuth = iota
+	// ClientAuthBasic sends them as an HTTP Basic authorization header.
+	ClientAuthBasic
+)
+
+// Defaults, also documented in the README's configuration table.
+const (
+	DefaultTimeoutMs         = 5000
+	MaxTimeoutMs             = 60000
+	DefaultExpirySkewSeconds = 30
+	DefaultOutputHeader      = "authorization"
+	DefaultUserTokenHeader   = "x-user-oidc-token"
+	DefaultCacheSlots        = 1024
+	MinCacheSlots            = 1
+	MaxCacheSlots            = 16384 // worst case about 540 MB of shared data; see cache.SharedBytesBound
+)
+
+// Endpoint is the token endpoint split into what an HTTP callout needs.
+type Endpoint struct {
+	URL       string // as configured
+	Scheme    string // "http" or "https"
+	Authority string // host[:port] as written in the URL (used for :authority)
+	Host      string // host without port
+	Port      uint16 // explicit port, else 443 for https and 80 for http
+	Path      string // path and query (used for :path); "/" when the URL has none
+}
+
+// Exchange holds the tokenExchange block.
+type Exchange struct {
+	Enabled               bool
+	Audience              string // defaults to ClientID
+	Scope                 string // empty = not sent
+	UserTokenHeader       string // lower-case; defaults to DefaultUserTokenHeader
+	RemoveUserTokenHeader bool   // defaults to true
+}
+
+// Config is a complete, validated plugin configuration. All header names are lower-case.
+type Config struct {
+	TokenEndpoint            Endpoint
+	Cluster                  string // defaults to "outbound|<port>||<host>"
+	ClientID                 string
+	ClientSecret             string // resolved: from clientSecret or from the clientSecretEnv variable
+	ClientSecretEnv          string // the variable's name, if the secret came from the environment
+	ClientAuth               ClientAuth
+	TimeoutMs                uint32
+	ExpirySkewSeconds        int64
+	FallbackToServiceAccount bool // defaults to true
+	OutputHeader             string
+	CacheSlots               uint32
+	TokenExchange            Exchange
+}

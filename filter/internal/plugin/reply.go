@@ -1,0 +1,45 @@
+package plugin
+
+import "github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+
+// A local reply is the filter answering the client itself. Bodies are constant strings: nothing
+// from the request or the IdP is echoed, so no token can leak through them.
+type localReply struct {
+	status          uint32
+	body            string
+	wwwAuthenticate string
+}
+
+var (
+	replyTokenMissing = localReply{
+		status:          401,
+		body:            `{"error":"invalid_token","error_description":"a user token is required"}`,
+		wwwAuthenticate: `Bearer`,
+	}
+	replyTokenRejected = localReply{
+		status:          401,
+		body:            `{"error":"invalid_token","error_description":"the user token was rejected"}`,
+		wwwAuthenticate: `Bearer error="invalid_token"`,
+	}
+	replyExchangeFailed = localReply{
+		status: 502,
+		body:   `{"error":"token_exchange_failed","error_description":"the identity provider did not exchange the user token"}`,
+	}
+	replyNoToken = localReply{
+		status: 503,
+		body:   `{"error":"temporarily_unavailable","error_description":"no service-account token is available"}`,
+	}
+)
+
+func (r localReply) send() {
+	headers := [][2]string{
+		{"content-type", "application/json"},
+		{"cache-control", "no-store"},
+	}
+	if r.wwwAuthenticate != "" {
+		headers = append(headers, [2]string{"www-authenticate", r.wwwAuthenticate})
+	}
+	if err := proxywasm.SendHttpResponse(r.status, headers, []byte(r.body), -1); err != nil {
+		logError("sending the local reply failed: " + err.Error())
+	}
+}

@@ -1,0 +1,376 @@
+// Package plugin wires the filter's logic to the proxy-wasm host: the VM and root contexts
+// (configuration, ticks, the wake-up queue, callouts) and the HTTP contexts (read the user
+// token, hold, inject). Everything else lives in host-free packages.
+package plugin
+
+import (
+	"encoding/hex"
+	"math/rand/v2"
+	"os"
+	"strconv"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
+	"github.com/kagenti/token-exchange-filter/filter/internal/config"
+	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
+	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+)
+
+const (
+	// tickMs drives the deadline sweep and the service-account refresh. Each worker ticks on its
+	// own; an idle tick only compares a few integers.
+	tickMs = 50
+	// flightGraceMs is how long after its own timeout a callout may still answer before its
+	// flight is abandoned (Envoy answers every callout by its timeout; this covers lost callbacks).
+	flightGraceMs = 500
+	// Bounds of the per-VM tables: past them a request falls back at once instead of growing memory.
+	maxHeldPerVM    = 4096
+	maxFlightsPerVM = 1024
+	// Retry back-off of the service-account fetch after a failure.
+	saRetryMinMs = 1_000
+	saRetryMaxMs = 30_000
+)
+
+// serviceFlightKey names the service-account fetch among the flights. Exchange flights are keyed
+// by 32 raw hash bytes, so this 3-byte key cannot collide with them.
+const serviceFlightKey = "\x00sa"
+
+// NewVMContext returns the VM context the wasm entry point registers.
+func NewVMContext() types.VMContext { return &vmContext{} }
+
+type vmContext struct{ types.DefaultVMContext }
+
+func (*vmContext) NewPluginContext(contextID uint32) types.PluginContext {
+	return &rootContext{contextID: contextID}
+}
+
+// saStatus is this VM's view of the service-account token.
+type saStatus uint8
+
+const (
+	saUnknown saStatus = iota // no fetch has finished yet: requests that need it are held
+	saOK                      // the last fetch succeeded
+	saFailed                  // the last fetch failed: without a valid token, answer 503 at once
+)
+
+type rootContext struct {
+	types.DefaultPluginContext
+	contextID uint32
+
+	cfg      *config.Config
+	client   oauth.Client
+	endpoint oauth.Endpoint
+	cache    *cache.Cache
+	flights  *flight.Registry
+	warns    *warnLimiter
+
+	// held maps a held request's context id to its stream, so a root callback can resume it.
+	held map[uint32]*httpContext
+
+	// wakeQueue is this VM's own shared queue. Enqueueing to it from a request gets us into the
+	// root context, where callouts survive the cancellation of the request that asked for them.
+	wakeQueue    uint32
+	hasWakeQueue bool
+	// inRoot is true while a root callback runs (tick, queue, callout answer).
+	inRoot bool
+
+	sa struct {
+		needed      bool
+		status      saStatus
+		nextCheckMs int64 // when the tick looks at the shared token again
+		retryAtMs   int64 // earliest next fetch after a failure
+		failures    int
+	}
+
+	scratch []uint32
+}
+
+func (r *rootContext) OnPluginStart(int) types.OnPluginStartStatus {
+	data, err := proxywasm.GetPluginConfiguration()
+	if err != nil {
+		data = nil // an absent configuration is reported by Parse like an empty one
+	}
+	cfg, err := config.Parse(data, os.LookupEnv)
+	if err != nil {
+		logError(err.Error())
+		return types.OnPluginStartStatusFailed
+	}
+	r.cfg = cfg
+	r.client = oauth.Client{ID: cfg.ClientID, Secret: cfg.ClientSecret, Basic: cfg.ClientAuth == config.ClientAuthBasic}
+	r.endpoint = oauth.Endpoint{Scheme: cfg.TokenEndpoint.Scheme, Authority: cfg.TokenEndpoint.Authority, Path: cfg.TokenEndpoint.Path}
+	r.cache = cache.New(sharedStore{}, cfg.Namespace(), cfg.CacheSlots)
+	r.flights = flight.New(maxHeldPerVM, maxFlightsPerVM)
+	r.warns = newWarnLimiter()
+	r.held = map[uint32]*httpContext{}
+	// Strict exchange never uses the service-account token, so it never fetches one.
+	r.sa.needed = !cfg.TokenExchange.Enabled || cfg.FallbackToServiceAccount
+
+	// Queue names are per (vm_id, name) and the last registrant gets the wake-ups, so every VM
+	// (one per worker) needs a name of its own.
+	var id [8]byte
+	for i := range id {
+		id[i] = byte(rand.Uint32())
+	}
+	if q, err := proxywasm.RegisterSharedQueue("token-exchange/wake/" + hex.EncodeToString(id[:])); err == nil {
+		r.wakeQueue, r.hasWakeQueue = q, true
+	} else {
+		logError("registering the wake-up queue failed (" + err.Error() + "): callouts will be tied to the requests that start them")
+	}
+	// No callout is allowed during start-up: the first service-account fetch waits for the first tick.
+	if err := proxywasm.SetTickPeriodMilliSeconds(tickMs); err != nil {
+		logError("setting the tick period failed: " + err.Error())
+		return types.OnPluginStartStatusFailed
+	}
+	mode := "off (service-account token only)"
+	if cfg.TokenExchange.Enabled {
+		mode = "on, audience " + strconv.Quote(cfg.TokenExchange.Audience)
+		if !cfg.FallbackToServiceAccount {
+			mode += ", strict"
+		}
+	}
+	logInfo("started: token endpoint " + cfg.TokenEndpoint.URL + " via cluster " + strconv.Quote(cfg.Cluster) + ", exchange " + mode)
+	return types.OnPluginStartStatusOK
+}
+
+func (r *rootContext) NewHttpContext(contextID uint32) types.HttpContext {
+	return &httpContext{id: contextID, root: r}
+}
+
+func (r *rootContext) OnTick() {
+	defer r.enterRoot()()
+	now := nowMs()
+	r.scratch = r.flights.Expired(now, r.scratch[:0])
+	for _, ctx := range r.scratch {
+		if h := r.held[ctx]; h != nil {
+			r.deadlinePassed(h)
+		}
+	}
+	r.refreshServiceToken(now)
+}
+
+func (r *rootContext) OnQueueReady(queueID uint32) {
+	defer r.enterRoot()()
+	if queueID != r.wakeQueue {
+		return
+	}
+	// The messages only say "look"; what to dispatch is in the flight table.
+	for {
+		if _, err := proxywasm.DequeueSharedQueue(queueID); err != nil {
+			break
+		}
+	}
+	var pending [16]*flight.Flight
+	for _, f := range r.flights.Undispatched(pending[:0]) {
+		r.dispatch(f)
+	}
+}
+
+// enterRoot marks a root callback; the returned func restores the previous state (the SDK's
+// emulator runs queue callbacks re-entrantly, inside the request callback that enqueued).
+func (r *rootContext) enterRoot() func() {
+	prev := r.inRoot
+	r.inRoot = true
+	return func() { r.inRoot = prev }
+}
+
+// wakeMessage is what the wake-up queue carries; only its arrival matters (the SDK refuses an
+// empty message).
+var wakeMessage = []byte{1}
+
+// launch gets a new flight's callout sent from the root context.
+func (r *rootContext) launch(f *flight.Flight) {
+	if r.inRoot {
+		r.dispatch(f)
+		return
+	}
+	if r.hasWakeQueue {
+		if err := proxywasm.EnqueueSharedQueue(r.wakeQueue, wakeMessage); err == nil {
+			return
+		}
+	}
+	// Degraded path: the callout is tied to the current request; if its client goes away the
+	// answer is lost and the flight's deadline releases the other waiters.
+	r.dispatch(f)
+}
+
+// dispatch sends f's callout. A dispatch error (unknown cluster, missing pseudo-header) fails
+// the flight at once, like a transient failure.
+func (r *rootContext) dispatch(f *flight.Flight) {
+	now := nowMs()
+	var body []byte
+	if f.Key == serviceFlightKey {
+		body = oauth.ClientCredentialsForm(r.client)
+	} else {
+		body = oauth.ExchangeForm(f.Subject, r.cfg.TokenExchange.Audience, r.cfg.TokenExchange.Scope, r.client)
+	}
+	// The callout ends by the flight's deadline minus the grace, which is the first waiter's deadline.
+	timeout := f.DeadlineMs - flightGraceMs - now
+	if timeout < 1 {
+		timeout = 1
+	}
+	_, err := proxywasm.DispatchHttpCall(r.cfg.Cluster, oauth.RequestHeaders(r.endpoint, r.client), body, nil, uint32(timeout),
+		func(numHeaders, bodySize, _ int) { r.onCalloutResponse(f, numHeaders, bodySize) })
+	if err != nil {
+		r.warns.warn("dispatch", now, "calling the token endpoint through cluster "+strconv.Quote(r.cfg.Cluster)+
+			" failed: "+err.Error()+" (is the cluster defined in Envoy?)")
+		r.finishFlight(f, oauth.Token{}, &oauth.Failure{Class: oauth.Transient}, now)
+		return
+	}
+	f.Dispatched = true
+}
+
+func (r *rootContext) onCalloutResponse(f *flight.Flight, numHeaders, bodySize int) {
+	defer r.enterRoot()()
+	now := nowMs()
+	status := 0
+	if numHeaders > 0 {
+		if headers, err := proxywasm.GetHttpCallResponseHeaders(); err == nil {
+			status = atoiStatus(headerValue(headers, ":status"))
+		}
+	}
+	var body []byte
+	if bodySize > 0 {
+		// One byte past the limit is enough for the parser to reject an over-size body.
+		n := bodySize
+		if n > oauth.MaxBodyBytes+1 {
+			n = oauth.MaxBodyBytes + 1
+		}
+		body, _ = proxywasm.GetHttpCallResponseBody(0, n)
+	}
+	tok, fail := oauth.ParseResponse(status, numHeaders, body, now)
+	r.finishFlight(f, tok, fail, now)
+}
+
+// finishFlight stores a result and settles every request held on the flight.
+func (r *rootContext) finishFlight(f *flight.Flight, tok oauth.Token, fail *oauth.Failure, now int64) {
+	key := f.Key
+	waiters := r.flights.Finish(f, r.scratch[:0])
+	// Settling a waiter can start a new flight and reuse scratch: work on a copy.
+	var buf [32]uint32
+	waiters = append(buf[:0], waiters...)
+	if key == serviceFlightKey {
+		r.serviceTokenResult(tok, fail, waiters, now)
+	} else {
+		r.exchangeResult(key, tok, fail, waiters, now)
+	}
+}
+
+func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
+	if fail != nil {
+		r.warns.warn("exchange:"+fail.Class.String(), now, "token exchange failed: "+fail.String()+
+			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+r.failureOutcome())
+		for _, ctx := range waiters {
+			if h := r.held[ctx]; h != nil {
+				h.exchangeFailed(fail)
+			}
+		}
+		return
+	}
+	if lifeMs, ok := r.lifetimeMs(tok); ok {
+		var k cache.Key
+		copy(k[:], key)
+		if err := r.cache.Put(k, tok.AccessToken, now+lifeMs, now); err != nil {
+			r.warns.warn("cache", now, "storing an exchanged token in shared data failed: "+err.Error())
+		}
+	}
+	for _, ctx := range waiters {
+		if h := r.held[ctx]; h != nil {
+			h.useToken(tok.AccessToken, key, "")
+		}
+	}
+}
+
+// lifetimeMs is how long a fresh token may be used from now: its lifetime minus the skew. A
+// token without a known expiry, or with no time left, serves the requests that waited for it
+// and is not kept.
+func (r *rootContext) lifetimeMs(tok oauth.Token) (int64, bool) {
+	if !tok.HasExpiry {
+		return 0, false
+	}
+	life := tok.ExpiresIn - r.cfg.ExpirySkewSeconds
+	if life <= 0 {
+		return 0, false
+	}
+	return life * 1000, true
+}
+
+func (r *rootContext) failureOutcome() string {
+	if r.cfg.FallbackToServiceAccount {
+		return "fall back to the service-account token"
+	}
+	return "answered locally (strict mode)"
+}
+
+func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
+	if fail != nil {
+		r.sa.status = saFailed
+		r.sa.failures++
+		backoff := int64(saRetryMinMs) << min(r.sa.failures-1, 5)
+		r.sa.retryAtMs = now + min(backoff, saRetryMaxMs)
+		r.warns.warn("service:"+fail.Class.String(), now, "fetching the service-account token failed: "+fail.String()+
+			"; retrying in "+strconv.FormatInt(min(backoff, saRetryMaxMs), 10)+" ms")
+		for _, ctx := range waiters {
+			if h := r.held[ctx]; h != nil {
+				h.reply(replyNoToken)
+			}
+		}
+		return
+	}
+	r.sa.status = saOK
+	r.sa.failures = 0
+	r.sa.retryAtMs = 0
+	if lifeMs, ok := r.lifetimeMs(tok); ok {
+		t := cache.ServiceToken{Token: tok.AccessToken, ExpiresAtMs: now + lifeMs, RefreshAtMs: now + lifeMs*3/4}
+		if err := r.cache.PutServiceToken(t); err != nil {
+			r.warns.warn("cache", now, "storing the service-account token in shared data failed: "+err.Error())
+		}
+		r.sa.nextCheckMs = t.RefreshAtMs
+		logDebug("service-account token " + oauth.Fingerprint(tok.AccessToken) + " fetched, valid for " +
+			strconv.FormatInt(lifeMs/1000, 10) + " s")
+	} else {
+		r.sa.nextCheckMs = 0
+		r.warns.warn("service:lifetime", now, "the service-account token has no usable lifetime (expires_in minus expirySkewSeconds); it is not cached")
+	}
+	for _, ctx := range waiters {
+		if h := r.held[ctx]; h != nil {
+			h.useToken(tok.AccessToken, "", tok.AccessToken)
+		}
+	}
+}
+
+// refreshServiceToken starts a background fetch when the shared token is missing or due for
+// refresh and no fetch is running. Each worker checks on its own tick.
+func (r *rootContext) refreshServiceToken(now int64) {
+	if !r.sa.needed || now < r.sa.nextCheckMs || now < r.sa.retryAtMs {
+		return
+	}
+	if _, running := r.flights.Get(serviceFlightKey); running {
+		return
+	}
+	if t, ok := r.cache.ServiceToken(now); ok && now < t.RefreshAtMs {
+		// Another worker refreshed it.
+		r.sa.status = saOK
+		r.sa.nextCheckMs = t.RefreshAtMs
+		return
+	}
+	r.startServiceFetch(now)
+}
+
+func (r *rootContext) startServiceFetch(now int64) {
+	if f := r.flights.Start(serviceFlightKey, now+int64(r.cfg.TimeoutMs)+flightGraceMs); f != nil {
+		r.launch(f)
+	}
+}
+
+// deadlinePassed settles a request whose wait ran out (tick sweep): with no time left it may
+// not wait again, so it gets a token that is already there or a local reply.
+func (r *rootContext) deadlinePassed(h *httpContext) {
+	if h.waitingFor == serviceFlightKey {
+		h.reply(replyNoToken)
+		return
+	}
+	h.deadlineExpired = true
+	h.exchangeFailed(&oauth.Failure{Class: oauth.Transient, Description: "timed out waiting for the token exchange"})
+}
