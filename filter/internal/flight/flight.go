@@ -78,7 +78,6 @@ func (r *Registry) Start(key string, flightDeadlineMs int64) *Flight {
 	return f
 }
 
-
 // Get returns the flight for key, if one is in progress.
 func (r *Registry) Get(key string) (*Flight, bool) {
 	f, ok := r.flights[key]

@@ -58,7 +58,9 @@ type buildError struct {
 	err error
 }
 
-func (e *buildError) Error() string { return "building the wasm module: " + e.err.Error() + "\n" + e.out }
+func (e *buildError) Error() string {
+	return "building the wasm module: " + e.err.Error() + "\n" + e.out
+}
 
 // forEachRunner runs fn once per runner as subtests.
 func forEachRunner(t *testing.T, fn func(t *testing.T, runner string)) {
