@@ -91,14 +91,14 @@ var secrets = []string{testSecret, testServiceToken, testUserToken, testUserToke
 
 // harness drives one plugin instance in the SDK emulator.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	host   proxytest.HostEmulator
 	seen   int // callouts already returned by newCallouts
 	runner string
 }
 
 // start loads the plugin with cfg and requires a successful start.
-func start(t *testing.T, runner, cfg string) *harness {
+func start(t testing.TB, runner, cfg string) *harness {
 	t.Helper()
 	h, status := load(t, runner, cfg)
 	if status != types.OnPluginStartStatusOK {
@@ -108,7 +108,7 @@ func start(t *testing.T, runner, cfg string) *harness {
 }
 
 // load loads the plugin with cfg and returns the start status.
-func load(t *testing.T, runner, cfg string) (*harness, types.OnPluginStartStatus) {
+func load(t testing.TB, runner, cfg string) (*harness, types.OnPluginStartStatus) {
 	t.Helper()
 	var vm types.VMContext
 	switch runner {

@@ -1,0 +1,95 @@
+package plugin
+
+import (
+	"context"
+	"sort"
+	"testing"
+
+	"github.com/tetratelabs/wazero"
+)
+
+// What Envoy ≥ 1.39 (proxy-wasm-cpp-host, include/proxy-wasm/exports.h) links into a module.
+// A module importing anything else fails to load with "missing import", so the compiled filter's
+// import list must stay inside these.
+var (
+	envoyHostFunctions = set(
+		"proxy_log", "proxy_get_status", "proxy_set_property", "proxy_get_property", "proxy_send_local_response",
+		"proxy_get_shared_data", "proxy_set_shared_data", "proxy_register_shared_queue", "proxy_resolve_shared_queue",
+		"proxy_dequeue_shared_queue", "proxy_enqueue_shared_queue", "proxy_get_header_map_value",
+		"proxy_add_header_map_value", "proxy_replace_header_map_value", "proxy_remove_header_map_value",
+		"proxy_get_header_map_pairs", "proxy_set_header_map_pairs", "proxy_get_header_map_size",
+		"proxy_get_buffer_status", "proxy_get_buffer_bytes", "proxy_set_buffer_bytes",
+		"proxy_http_call", "proxy_grpc_call", "proxy_grpc_stream", "proxy_grpc_close", "proxy_grpc_cancel",
+		"proxy_grpc_send", "proxy_set_tick_period_milliseconds", "proxy_get_current_time_nanoseconds",
+		"proxy_define_metric", "proxy_increment_metric", "proxy_record_metric", "proxy_get_metric",
+		"proxy_set_effective_context", "proxy_done", "proxy_call_foreign_function",
+		// ABI 0.2.x specific
+		"proxy_continue_stream", "proxy_close_stream",
+	)
+	envoyWASIFunctions = set(
+		"fd_write", "fd_read", "fd_seek", "fd_close", "fd_fdstat_get", "fd_fdstat_set_flags",
+		"fd_fdstat_set_rights", "environ_get", "environ_sizes_get", "args_get", "args_sizes_get",
+		"clock_time_get", "clock_res_get", "fd_advise", "fd_allocate", "fd_datasync", "fd_filestat_set_size",
+		"fd_filestat_set_times", "fd_pread", "fd_pwrite", "fd_readdir", "fd_renumber", "fd_sync", "fd_tell",
+		"path_create_directory", "path_filestat_set_times", "path_link", "path_readlink",
+		"path_remove_directory", "path_rename", "path_symlink", "path_unlink_file", "sock_accept",
+		"sock_recv", "sock_send", "sock_shutdown", "random_get", "sched_yield", "poll_oneoff", "proc_exit",
+		"path_open", "fd_prestat_get", "fd_prestat_dir_name", "path_filestat_get", "fd_filestat_get",
+	)
+)
+
+func set(names ...string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+// TestModuleLoadsInEnvoy checks the compiled module's imports and exports the way Envoy's loader
+// does: every import must be provided, the ABI version export must be there, and the module
+// must be a WASI reactor (c-shared), not a command whose _start would exit.
+func TestModuleLoadsInEnvoy(t *testing.T) {
+	wasm, err := wasmModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigInterpreter())
+	defer r.Close(ctx)
+	m, err := r.CompileModule(ctx, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imports []string
+	for _, f := range m.ImportedFunctions() {
+		module, name, _ := f.Import()
+		imports = append(imports, module+"."+name)
+		switch module {
+		case "env":
+			if !envoyHostFunctions[name] {
+				t.Errorf("imports env.%s, which Envoy does not provide", name)
+			}
+		case "wasi_snapshot_preview1":
+			if !envoyWASIFunctions[name] {
+				t.Errorf("imports wasi_snapshot_preview1.%s, which Envoy does not provide", name)
+			}
+		default:
+			t.Errorf("imports from module %q, which Envoy does not provide", module)
+		}
+	}
+	sort.Strings(imports)
+	t.Logf("%d imports: %v", len(imports), imports)
+
+	exports := m.ExportedFunctions()
+	for _, name := range []string{"proxy_abi_version_0_2_0", "_initialize", "proxy_on_memory_allocate",
+		"proxy_on_context_create", "proxy_on_configure", "proxy_on_tick", "proxy_on_queue_ready",
+		"proxy_on_http_call_response", "proxy_on_request_headers", "proxy_on_response_headers", "proxy_on_done", "proxy_on_delete"} {
+		if _, ok := exports[name]; !ok {
+			t.Errorf("module does not export %s", name)
+		}
+	}
+	if _, ok := exports["_start"]; ok {
+		t.Errorf("module exports _start: built without -buildmode=c-shared, it would exit and trap")
+	}
+}
