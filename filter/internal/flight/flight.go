@@ -142,12 +142,14 @@ func (r *Registry) Held() int { return len(r.held) }
 func (r *Registry) Flights() int { return len(r.flights) }
 
 // Expired removes every held request whose deadline is at or before nowMs and appends it to
-// dst; it also abandons flights past their own deadline (a callout that never answered), whose
-// requests are appended too. A late answer to an abandoned flight finds no flight and is ignored.
-func (r *Registry) Expired(nowMs int64, dst []uint32) []uint32 {
+// dst; it also abandons flights past their own deadline (a callout that never answered) and
+// appends them to abandoned, their requests to dst. A late answer to an abandoned flight finds
+// no flight and is ignored.
+func (r *Registry) Expired(nowMs int64, dst []uint32, abandoned []*Flight) ([]uint32, []*Flight) {
 	for _, f := range r.flights {
 		if f.DeadlineMs <= nowMs {
 			dst = r.Finish(f, dst)
+			abandoned = append(abandoned, f)
 		}
 	}
 	for ctx, h := range r.held {
@@ -156,5 +158,5 @@ func (r *Registry) Expired(nowMs int64, dst []uint32) []uint32 {
 			dst = append(dst, ctx)
 		}
 	}
-	return dst
+	return dst, abandoned
 }

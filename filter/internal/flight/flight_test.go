@@ -81,17 +81,17 @@ func TestExpiredReleasesLateRequestsAndAbandonsSilentFlights(t *testing.T) {
 	r := New(10, 10)
 	f, _, _ := r.Hold(1, "k", 100, 500)
 	r.Hold(2, "k", 300, 500)
-	if got := r.Expired(99, nil); len(got) != 0 {
-		t.Fatalf("expired too early: %v", got)
+	if got, gone := r.Expired(99, nil, nil); len(got) != 0 || len(gone) != 0 {
+		t.Fatalf("expired too early: %v %v", got, gone)
 	}
-	if got := r.Expired(100, nil); !slices.Equal(got, []uint32{1}) {
-		t.Fatalf("at 100: %v, want [1]", got)
+	if got, gone := r.Expired(100, nil, nil); !slices.Equal(got, []uint32{1}) || len(gone) != 0 {
+		t.Fatalf("at 100: %v %v, want [1] and no flight", got, gone)
 	}
 	if _, ok := r.Get("k"); !ok {
 		t.Fatalf("flight abandoned before its own deadline")
 	}
-	if got := r.Expired(500, nil); !slices.Equal(got, []uint32{2}) {
-		t.Fatalf("at 500: %v, want [2]", got)
+	if got, gone := r.Expired(500, nil, nil); !slices.Equal(got, []uint32{2}) || len(gone) != 1 || gone[0] != f {
+		t.Fatalf("at 500: %v %v, want [2] and the flight", got, gone)
 	}
 	if _, ok := r.Get("k"); ok {
 		t.Fatalf("silent flight not abandoned at its deadline")

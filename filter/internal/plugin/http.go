@@ -99,7 +99,14 @@ func (h *httpContext) action() types.Action {
 func (h *httpContext) hold(key, subject string) {
 	r := h.root
 	now := nowMs()
-	f, started, err := r.flights.Hold(h.id, key, h.deadlineMs, h.deadlineMs+flightGraceMs)
+	// An exchange ends by its first request's deadline. The service-account fetch serves everyone
+	// and gets the full timeout: a request that falls back late must not shorten it (each request
+	// is still settled by its own deadline through the tick).
+	flightDeadline := h.deadlineMs + flightGraceMs
+	if key == serviceFlightKey {
+		flightDeadline = now + int64(r.cfg.TimeoutMs) + flightGraceMs
+	}
+	f, started, err := r.flights.Hold(h.id, key, h.deadlineMs, flightDeadline)
 	if err != nil {
 		r.warns.warn("full", now, "too many requests held on this worker; settling at once")
 		if key == serviceFlightKey {
@@ -123,8 +130,8 @@ func (h *httpContext) hold(key, subject string) {
 func (h *httpContext) useServiceToken() {
 	r := h.root
 	now := nowMs()
-	if t, ok := r.cache.ServiceToken(now); ok {
-		h.useToken(t.Token, "", t.Token)
+	if t, ok := r.serviceToken(now); ok {
+		h.useToken(t, "", t)
 		return
 	}
 	if r.sa.status == saFailed || h.deadlineExpired {
@@ -157,7 +164,9 @@ func (h *httpContext) exchangeFailed(fail *oauth.Failure) {
 // useToken writes the token into the output header and lets the request go upstream.
 func (h *httpContext) useToken(token, usedKey, usedService string) {
 	r := h.root
-	h.release()
+	if !h.release() {
+		return
+	}
 	if err := proxywasm.ReplaceHttpRequestHeader(r.cfg.OutputHeader, "Bearer "+token); err != nil {
 		logError("writing " + r.cfg.OutputHeader + " failed: " + err.Error())
 	}
@@ -175,14 +184,17 @@ func (h *httpContext) useToken(token, usedKey, usedService string) {
 
 // reply answers the request locally.
 func (h *httpContext) reply(rep localReply) {
-	h.release()
+	if !h.release() {
+		return
+	}
 	rep.send()
 	h.settled, h.replied = true, true
 }
 
 // release forgets the request in the hold tables and, when called from a root callback, makes
-// its stream the target of the host calls that follow.
-func (h *httpContext) release() {
+// its stream the target of the host calls that follow. It reports false when the host no longer
+// knows the stream: then nothing may be written, or it would land on another stream.
+func (h *httpContext) release() bool {
 	r := h.root
 	if h.waitingFor != "" {
 		r.flights.Drop(h.id)
@@ -190,8 +202,12 @@ func (h *httpContext) release() {
 		h.waitingFor = ""
 	}
 	if r.inRoot {
-		_ = proxywasm.SetEffectiveContext(h.id)
+		if err := proxywasm.SetEffectiveContext(h.id); err != nil {
+			h.settled = true
+			return false
+		}
 	}
+	return true
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
@@ -213,6 +229,9 @@ func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
 	}
 	if h.usedService != "" {
 		_ = r.cache.DropServiceToken(h.usedService)
+		if r.sa.local.Token == h.usedService {
+			r.sa.local = cache.ServiceToken{}
+		}
 		r.sa.nextCheckMs = 0
 		logDebug("upstream answered 401: dropped service-account token " + oauth.Fingerprint(h.usedService))
 	}

@@ -5,6 +5,7 @@ package plugin
 
 import (
 	"encoding/hex"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -31,6 +32,12 @@ const (
 	// Retry back-off of the service-account fetch after a failure.
 	saRetryMinMs = 1_000
 	saRetryMaxMs = 30_000
+	// saUnknownLifetimeMs is how long a service-account token whose answer gave no expiry (no
+	// expires_in, not a JWT) is used before it is fetched again.
+	saUnknownLifetimeMs = 60_000
+	// saRefreshJitterMaxMs spreads the workers' refresh checks, so that the first worker to
+	// refresh stores the new token before the others look and they do not all fetch at once.
+	saRefreshJitterMaxMs = 10_000
 )
 
 // serviceFlightKey names the service-account fetch among the flights. Exchange flights are keyed
@@ -82,6 +89,9 @@ type rootContext struct {
 		nextCheckMs int64 // when the tick looks at the shared token again
 		retryAtMs   int64 // earliest next fetch after a failure
 		failures    int
+		// local keeps a token shared data could not take (over 8 KiB, or the write failed), so
+		// this worker does not fetch again for every request.
+		local cache.ServiceToken
 	}
 
 	scratch []uint32
@@ -141,13 +151,27 @@ func (r *rootContext) NewHttpContext(contextID uint32) types.HttpContext {
 func (r *rootContext) OnTick() {
 	defer r.enterRoot()()
 	now := nowMs()
-	r.scratch = r.flights.Expired(now, r.scratch[:0])
+	var abandoned []*flight.Flight
+	r.scratch, abandoned = r.flights.Expired(now, r.scratch[:0], nil)
+	for _, f := range abandoned {
+		if f.Key == serviceFlightKey {
+			// Its callout never answered: for the back-off that is a failed fetch.
+			r.serviceFetchFailed(&oauth.Failure{Class: oauth.Transient, Description: "no answer from the token endpoint"}, now)
+		}
+	}
 	for _, ctx := range r.scratch {
 		if h := r.held[ctx]; h != nil {
 			r.deadlinePassed(h)
 		}
 	}
 	r.refreshServiceToken(now)
+	// Backstop for a lost wake-up: a flight still waiting for dispatch is sent from here.
+	if r.flights.Flights() > 0 {
+		var pending [16]*flight.Flight
+		for _, f := range r.flights.Undispatched(pending[:0]) {
+			r.dispatch(f)
+		}
+	}
 }
 
 func (r *rootContext) OnQueueReady(queueID uint32) {
@@ -246,6 +270,18 @@ func (r *rootContext) onCalloutResponse(f *flight.Flight, numHeaders, bodySize i
 // finishFlight stores a result and settles every request held on the flight.
 func (r *rootContext) finishFlight(f *flight.Flight, tok oauth.Token, fail *oauth.Failure, now int64) {
 	key := f.Key
+	if cur, ok := r.flights.Get(key); !ok || cur != f {
+		// A late answer to an abandoned flight: its requests were settled already. A token still
+		// fills the cache; a failure must not overwrite what newer flights found out.
+		if fail == nil {
+			if key == serviceFlightKey {
+				r.serviceTokenResult(tok, nil, nil, now)
+			} else {
+				r.exchangeResult(key, tok, nil, nil, now)
+			}
+		}
+		return
+	}
 	waiters := r.flights.Finish(f, r.scratch[:0])
 	// Settling a waiter can start a new flight and reuse scratch: work on a copy.
 	var buf [32]uint32
@@ -305,15 +341,11 @@ func (r *rootContext) failureOutcome() string {
 
 func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
 	if fail != nil {
-		r.sa.status = saFailed
-		r.sa.failures++
-		backoff := int64(saRetryMinMs) << min(r.sa.failures-1, 5)
-		r.sa.retryAtMs = now + min(backoff, saRetryMaxMs)
-		r.warns.warn("service:"+fail.Class.String(), now, "fetching the service-account token failed: "+fail.String()+
-			"; retrying in "+strconv.FormatInt(min(backoff, saRetryMaxMs), 10)+" ms")
+		r.serviceFetchFailed(fail, now)
+		// Another worker may have stored a token meanwhile; otherwise 503.
 		for _, ctx := range waiters {
 			if h := r.held[ctx]; h != nil {
-				h.reply(replyNoToken)
+				h.useServiceToken()
 			}
 		}
 		return
@@ -321,23 +353,65 @@ func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, w
 	r.sa.status = saOK
 	r.sa.failures = 0
 	r.sa.retryAtMs = 0
-	if lifeMs, ok := r.lifetimeMs(tok); ok {
+	r.sa.local = cache.ServiceToken{}
+	lifeMs, ok := r.lifetimeMs(tok)
+	if !tok.HasExpiry {
+		lifeMs, ok = saUnknownLifetimeMs, true
+	}
+	if ok {
 		t := cache.ServiceToken{Token: tok.AccessToken, ExpiresAtMs: now + lifeMs, RefreshAtMs: now + lifeMs*3/4}
 		if err := r.cache.PutServiceToken(t); err != nil {
-			r.warns.warn("cache", now, "storing the service-account token in shared data failed: "+err.Error())
+			r.sa.local = t
+			if !errors.Is(err, cache.ErrNotCacheable) {
+				r.warns.warn("cache", now, "storing the service-account token in shared data failed: "+err.Error())
+			}
 		}
-		r.sa.nextCheckMs = t.RefreshAtMs
-		logDebug("service-account token " + oauth.Fingerprint(tok.AccessToken) + " fetched, valid for " +
+		r.sa.nextCheckMs = t.RefreshAtMs + r.refreshJitter(lifeMs)
+		logDebug("service-account token " + oauth.Fingerprint(tok.AccessToken) + " fetched, usable for " +
 			strconv.FormatInt(lifeMs/1000, 10) + " s")
 	} else {
-		r.sa.nextCheckMs = 0
-		r.warns.warn("service:lifetime", now, "the service-account token has no usable lifetime (expires_in minus expirySkewSeconds); it is not cached")
+		// No time left after the skew: it serves the waiting requests, and the next request that
+		// needs one fetches again. The tick does not loop on it.
+		r.sa.nextCheckMs = now + saRetryMinMs
+		r.warns.warn("service:lifetime", now, "the service-account token expires within expirySkewSeconds; "+
+			"it serves the waiting requests only (lower expirySkewSeconds or raise the token lifespan)")
 	}
 	for _, ctx := range waiters {
 		if h := r.held[ctx]; h != nil {
 			h.useToken(tok.AccessToken, "", tok.AccessToken)
 		}
 	}
+}
+
+// serviceFetchFailed records a failed service-account fetch and backs off exponentially.
+func (r *rootContext) serviceFetchFailed(fail *oauth.Failure, now int64) {
+	r.sa.status = saFailed
+	r.sa.failures++
+	backoff := min(int64(saRetryMinMs)<<min(r.sa.failures-1, 5), saRetryMaxMs)
+	r.sa.retryAtMs = now + backoff
+	r.warns.warn("service:"+fail.Class.String(), now, "fetching the service-account token failed: "+fail.String()+
+		"; retrying in "+strconv.FormatInt(backoff, 10)+" ms")
+}
+
+// serviceToken returns a usable service-account token: the shared one, or the one this worker
+// keeps because shared data could not take it.
+func (r *rootContext) serviceToken(now int64) (string, bool) {
+	if t, ok := r.cache.ServiceToken(now); ok {
+		return t.Token, true
+	}
+	if r.sa.local.Token != "" && now < r.sa.local.ExpiresAtMs {
+		return r.sa.local.Token, true
+	}
+	return "", false
+}
+
+// refreshJitter is a per-worker delay of up to 1/8 of the lifetime (at most 10 s).
+func (r *rootContext) refreshJitter(lifeMs int64) int64 {
+	span := min(lifeMs/8, saRefreshJitterMaxMs)
+	if span <= 0 {
+		return 0
+	}
+	return rand.Int64N(span)
 }
 
 // refreshServiceToken starts a background fetch when the shared token is missing or due for
@@ -352,6 +426,10 @@ func (r *rootContext) refreshServiceToken(now int64) {
 	if t, ok := r.cache.ServiceToken(now); ok && now < t.RefreshAtMs {
 		// Another worker refreshed it.
 		r.sa.status = saOK
+		r.sa.nextCheckMs = t.RefreshAtMs + r.refreshJitter(t.ExpiresAtMs-now)
+		return
+	}
+	if t := r.sa.local; t.Token != "" && now < t.RefreshAtMs {
 		r.sa.nextCheckMs = t.RefreshAtMs
 		return
 	}
@@ -367,10 +445,10 @@ func (r *rootContext) startServiceFetch(now int64) {
 // deadlinePassed settles a request whose wait ran out (tick sweep): with no time left it may
 // not wait again, so it gets a token that is already there or a local reply.
 func (r *rootContext) deadlinePassed(h *httpContext) {
+	h.deadlineExpired = true
 	if h.waitingFor == serviceFlightKey {
-		h.reply(replyNoToken)
+		h.useServiceToken() // a token another worker stored meanwhile, or 503
 		return
 	}
-	h.deadlineExpired = true
 	h.exchangeFailed(&oauth.Failure{Class: oauth.Transient, Description: "timed out waiting for the token exchange"})
 }
