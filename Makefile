@@ -4,12 +4,17 @@ WASM      := build/plugin.wasm
 FUZZTIME  ?= 30s
 # Fuzz targets run longer by `make fuzz`; `make test` runs only their seed corpora.
 FUZZ_TARGETS := \
-	./filter/internal/config:FuzzParse \
+	./filter/config:FuzzParse \
 	./filter/internal/oauth:FuzzParseResponse \
 	./filter/internal/cache:FuzzDecodeSlot \
 	./filter/internal/cache:FuzzDecodeServiceToken
 
-.PHONY: all build test vet run bench fuzz clean
+.PHONY: all build test vet run bench fuzz oci-layout push clean
+
+# Image publishing: make push IMG=registry/repo:tag [FORMAT=compat|oci|both] [INSECURE=1]
+IMG       ?=
+FORMAT    ?= both
+OCI_OUT   := build/oci
 
 all: build
 
@@ -43,6 +48,15 @@ fuzz:
 		echo "fuzzing $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
+
+## oci-layout: write the module as reproducible OCI image layouts build/oci/compat and build/oci/wasm
+oci-layout: build
+	$(GO) run ./cmd/wasm-image layout -wasm $(WASM) -out $(OCI_OUT)
+
+## push: push the module as OCI images Istio's WasmPlugin accepts (compat as TAG, oci as TAG-oci)
+push: build
+	@test -n "$(IMG)" || { echo "usage: make push IMG=registry/repo:tag [FORMAT=compat|oci|both] [INSECURE=1]"; exit 2; }
+	$(GO) run ./cmd/wasm-image push -wasm $(WASM) -image $(IMG) -format $(FORMAT) $(if $(INSECURE),-insecure)
 
 clean:
 	rm -rf build
