@@ -2,16 +2,14 @@ package plugin
 
 import (
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/kagenti/token-exchange-filter/internal/wasmbuild"
 )
 
 // Every scenario runs twice, as the SDK's own examples do: against this package's Go code, and
@@ -19,26 +17,8 @@ import (
 // the product; the Go run gives readable failures.
 var runners = []string{"go", "wasm"}
 
-// wasmModule returns the compiled filter: $TOKEN_EXCHANGE_WASM (set by `make test`), or a fresh
-// build into a temporary directory, so `go test ./...` alone never tests a stale module.
-var wasmModule = sync.OnceValues(func() ([]byte, error) {
-	if p := os.Getenv("TOKEN_EXCHANGE_WASM"); p != "" {
-		return os.ReadFile(p)
-	}
-	dir, err := os.MkdirTemp("", "token-exchange-wasm")
-	if err != nil {
-		return nil, err
-	}
-	out := filepath.Join(dir, "plugin.wasm")
-	_, here, _, _ := runtime.Caller(0)
-	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "./filter")
-	cmd.Dir = filepath.Join(filepath.Dir(here), "..", "..", "..")
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return nil, &buildError{out: string(b), err: err}
-	}
-	return os.ReadFile(out)
-})
+// wasmModule is the compiled filter (build/plugin.wasm under `make test`, else a fresh build).
+var wasmModule = wasmbuild.Module
 
 // wasmVM is one instance of the compiled module shared by every test of the package: compiling
 // the module takes seconds, and the SDK's runner offers no compilation cache. Each test still
@@ -52,15 +32,6 @@ var wasmVM = sync.OnceValues(func() (proxytest.WasmVMContext, error) {
 	}
 	return proxytest.NewWasmVMContext(wasm)
 })
-
-type buildError struct {
-	out string
-	err error
-}
-
-func (e *buildError) Error() string {
-	return "building the wasm module: " + e.err.Error() + "\n" + e.out
-}
 
 // forEachRunner runs fn once per runner as subtests.
 func forEachRunner(t *testing.T, fn func(t *testing.T, runner string)) {

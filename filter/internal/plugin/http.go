@@ -39,16 +39,17 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 	defer func() { h.inHeaders = false }()
 	h.deadlineMs = nowMs() + int64(r.cfg.TimeoutMs)
 
-	if !r.cfg.TokenExchange.Enabled {
-		h.useServiceToken()
-		return h.action()
-	}
 	ex := &r.cfg.TokenExchange
 	raw, err := proxywasm.GetHttpRequestHeader(ex.UserTokenHeader)
 	present := err == nil && raw != ""
 	if present && ex.RemoveUserTokenHeader {
-		// Before anything else: whatever happens next, the user's token never goes upstream.
+		// Before anything else, and with exchange off too: whatever happens next, the user's
+		// token never goes upstream (a roll-back to enabled:false must not start leaking it).
 		_ = proxywasm.RemoveHttpRequestHeader(ex.UserTokenHeader)
+	}
+	if !ex.Enabled {
+		h.useServiceToken()
+		return h.action()
 	}
 	token := raw
 	if present && ex.UserTokenHeader == "authorization" {

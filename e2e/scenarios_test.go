@@ -1,0 +1,342 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kagenti/token-exchange-filter/e2e/host"
+	"github.com/kagenti/token-exchange-filter/e2e/idp"
+)
+
+// The numbered scenarios of BEHAVIOUR.md, end to end: real tokens from the OIDC provider, the
+// compiled filter in the Envoy-faithful host with 4 workers, real HTTP everywhere.
+
+// Scenario 1: exchange off — every request carries the service-account token, no exchange.
+func TestE2E_ExchangeOffUsesServiceAccount(t *testing.T) {
+	e := newEnv(t, envOptions{plugin: `"tokenExchange":{"enabled":false}`})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	for i := 0; i < 8; i++ { // round-robin over the 4 workers, twice
+		e.wantServiceToken(e.get("/api", alice))
+	}
+	if n := e.idp.TokenExchangeCount(); n != 0 {
+		t.Fatalf("%d exchanges with exchange off", n)
+	}
+}
+
+// Scenarios 2, 3, 11: each user's request reaches the API with a token exchanged for that user:
+// the user's sub, the API as audience, the filter as azp; other headers are kept.
+func TestE2E_PerUserExchange(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.serviceTokenReady()
+	for _, user := range []string{"alice", "bob"} {
+		r := e.get("/api/agents", e.userToken(user), "x-backstage-user", user+"@example.com")
+		e.wantUserToken(r, user)
+		if got := r.header("x-backstage-user"); got != user+"@example.com" {
+			t.Fatalf("x-backstage-user = %q, want it kept", got)
+		}
+	}
+}
+
+// Scenario 4: the exchanged token is reused from shared data by every worker.
+func TestE2E_CacheReuseAcrossWorkers(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	first := e.get("/api", alice)
+	e.wantUserToken(first, "alice")
+	for i := 0; i < 12; i++ { // every worker serves some of these
+		r := e.get("/api", alice)
+		e.wantUserToken(r, "alice")
+		if r.header("authorization") != first.header("authorization") {
+			t.Fatalf("request %d got another token: not served from the shared cache", i)
+		}
+	}
+	if n := e.idp.TokenExchangeCount(); n != 1 {
+		t.Fatalf("%d exchanges for one user, want 1", n)
+	}
+}
+
+// Scenario 5: concurrent requests of one user on one worker share one exchange.
+func TestE2E_ConcurrentRequestsShareOneExchange(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 1})
+	e.serviceTokenReady()
+	e.idp.SetFault(idp.TokenExchangeOnly, idp.Latency(300*time.Millisecond))
+	alice := e.userToken("alice")
+	replies := e.burst(20, func(int) string { return alice })
+	for _, r := range replies {
+		e.wantUserToken(r, "alice")
+		if r.header("authorization") != replies[0].header("authorization") {
+			t.Fatalf("concurrent requests continued with different tokens")
+		}
+	}
+	if n := e.idp.TokenExchangeCount(); n != 1 {
+		t.Fatalf("20 concurrent requests caused %d exchanges, want 1", n)
+	}
+}
+
+// burst sends n requests at once and returns the replies in order.
+func (e *env) burst(n int, token func(i int) string) []reply {
+	e.t.Helper()
+	replies := make([]reply, n)
+	errs := make([]error, n)
+	var start, done sync.WaitGroup
+	start.Add(1)
+	for i := 0; i < n; i++ {
+		done.Add(1)
+		go func(i int) {
+			defer done.Done()
+			start.Wait()
+			replies[i], errs[i] = e.do(context.Background(), "/api", token(i))
+		}(i)
+	}
+	start.Done()
+	done.Wait()
+	for i, err := range errs {
+		if err != nil {
+			e.t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	return replies
+}
+
+// Scenario 6: every way the IdP can fail ends in the service-account token.
+func TestE2E_FallbackOnIdPFailures(t *testing.T) {
+	cases := map[string]func(*env){
+		"exchange switched off": func(e *env) { e.idp.SetTokenExchangeEnabled(false) },
+		"slow past timeoutMs":   func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.Latency(2*time.Second)) },
+		"connection reset":      func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.ResetConnection()) },
+		"reset mid-body":        func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.ResetMidBody()) },
+		"garbage":               func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.Garbage()) },
+		"html page":             func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.NonJSON()) },
+		"503":                   func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.Respond(503, "")) },
+		"429":                   func(e *env) { e.idp.SetFault(idp.TokenExchangeOnly, idp.Respond(429, "")) },
+		"idp down":              func(e *env) { _ = e.idp.Stop() },
+	}
+	for name, breakIt := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOptions{plugin: exchangeOn + `,"timeoutMs":500`})
+			e.serviceTokenReady()
+			alice := e.userToken("alice")
+			breakIt(e)
+			r := e.get("/api", alice, "x-backstage-user", "alice")
+			e.wantServiceToken(r)
+			if r.header("x-backstage-user") != "alice" {
+				t.Fatalf("x-backstage-user lost on fallback")
+			}
+			if r.elapsed > 500*time.Millisecond+100*time.Millisecond+100*time.Millisecond {
+				t.Fatalf("fallback took %v with timeoutMs 500", r.elapsed)
+			}
+			if _, err := e.proxy.WaitLog(5*time.Second, func(l host.Log) bool {
+				return l.Level == host.LogWarn && strings.Contains(l.Message, "token exchange failed")
+			}); err != nil {
+				t.Fatalf("no warning logged for the failed exchange")
+			}
+		})
+	}
+}
+
+// Scenario 6: without the user token header the service-account token is used.
+func TestE2E_NoUserTokenFallsBack(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.serviceTokenReady()
+	e.wantServiceToken(e.get("/api", ""))
+}
+
+// Scenario 7: strict mode answers 401 for a missing or rejected user token, 502 when the IdP fails.
+func TestE2E_StrictMode(t *testing.T) {
+	strict := exchangeOn + `,"fallbackToServiceAccount":false,"timeoutMs":500`
+	t.Run("no user token", func(t *testing.T) {
+		e := newEnv(t, envOptions{plugin: strict})
+		e.wantLocalReply(e.get("/api", ""), 401, "invalid_token")
+	})
+	t.Run("expired user token", func(t *testing.T) {
+		e := newEnv(t, envOptions{plugin: strict})
+		expired, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: -time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.remember(expired)
+		e.wantLocalReply(e.get("/api", expired), 401, "invalid_token")
+	})
+	t.Run("exchange not enabled for the client", func(t *testing.T) {
+		e := newEnv(t, envOptions{plugin: strict})
+		e.idp.SetTokenExchangeEnabled(false)
+		e.wantLocalReply(e.get("/api", e.userToken("alice")), 401, "invalid_token")
+	})
+	t.Run("idp down", func(t *testing.T) {
+		e := newEnv(t, envOptions{plugin: strict})
+		alice := e.userToken("alice")
+		_ = e.idp.Stop()
+		e.wantLocalReply(e.get("/api", alice), 502, "token_exchange_failed")
+	})
+	t.Run("idp silent", func(t *testing.T) {
+		e := newEnv(t, envOptions{plugin: strict})
+		e.idp.SetFault(idp.TokenExchangeOnly, idp.Hang())
+		r := e.get("/api", e.userToken("alice"))
+		e.wantLocalReply(r, 502, "token_exchange_failed")
+		if r.elapsed > 700*time.Millisecond {
+			t.Fatalf("answered after %v with timeoutMs 500", r.elapsed)
+		}
+	})
+}
+
+// Scenario 8: no token at all — the service-account fetch failed: 503 at once.
+func TestE2E_NoTokenAtAllAnswers503(t *testing.T) {
+	e := newEnv(t, envOptions{
+		plugin:      `"tokenExchange":{"enabled":false}`,
+		beforeProxy: func(p *idp.IdP) { p.SetFault(idp.ClientCredentialsOnly, idp.Respond(500, "")) },
+	})
+	if _, err := e.proxy.WaitLog(10*time.Second, func(l host.Log) bool {
+		return strings.Contains(l.Message, "fetching the service-account token failed")
+	}); err != nil {
+		t.Fatal("no failed service-account fetch logged")
+	}
+	// The worker that failed answers at once; the others may still be fetching, so ask each.
+	for i := 0; i < 8; i++ {
+		r := e.get("/api", "")
+		if r.status == 503 {
+			e.wantLocalReply(r, 503, "temporarily_unavailable")
+			if r.elapsed > 300*time.Millisecond {
+				t.Fatalf("503 after %v: should be at once", r.elapsed)
+			}
+			return
+		}
+	}
+	t.Fatalf("no 503 although every service-account fetch fails")
+}
+
+// Scenario 8: requests that arrive before the first service-account fetch finished are held.
+func TestE2E_HeldUntilFirstServiceToken(t *testing.T) {
+	e := newEnv(t, envOptions{
+		plugin:      `"tokenExchange":{"enabled":false}`,
+		beforeProxy: func(p *idp.IdP) { p.SetFault(idp.ClientCredentialsOnly, idp.Latency(400*time.Millisecond)) },
+	})
+	e.wantServiceToken(e.get("/api", ""))
+}
+
+// Scenario 9: an upstream 401 drops the cached token; the next request gets a fresh one.
+func TestE2E_Upstream401DropsCachedToken(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 1})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	first := e.get("/api", alice)
+	e.wantUserToken(first, "alice")
+	stale := strings.TrimPrefix(first.header("authorization"), "Bearer ")
+	e.upstream.Reject(stale)
+	if r := e.get("/api", alice); r.status != 401 {
+		t.Fatalf("upstream rejection not passed on: %d", r.status)
+	}
+	fresh := e.get("/api", alice)
+	e.wantUserToken(fresh, "alice")
+	if fresh.header("authorization") == first.header("authorization") {
+		t.Fatalf("the refused token is still used")
+	}
+	if n := e.idp.TokenExchangeCount(); n != 2 {
+		t.Fatalf("%d exchanges, want 2 (one after the upstream 401)", n)
+	}
+}
+
+// Scenario 10: a slow server-sent-events response streams through unbuffered and unchanged.
+func TestE2E_ServerSentEventsStreamThrough(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.serviceTokenReady()
+	req, _ := http.NewRequest(http.MethodGet, e.proxy.URL()+"/sse?events=3&interval=20ms&hold=1", nil)
+	req.Header.Set("x-user-oidc-token", e.userToken("alice"))
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("content-type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("content-type %q", ct)
+	}
+	lines := bufio.NewReader(resp.Body)
+	// The upstream holds the stream after event 1: reading it proves nothing buffers.
+	first, err := lines.ReadString('\n')
+	if err != nil || first != "data: event 1\n" {
+		t.Fatalf("first event %q, %v", first, err)
+	}
+	e.upstream.ReleaseStreams()
+	var rest strings.Builder
+	for {
+		l, err := lines.ReadString('\n')
+		rest.WriteString(l)
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(rest.String(), "data: event 2\n") || !strings.Contains(rest.String(), "data: event 3\n") {
+		t.Fatalf("rest of the stream: %q", rest.String())
+	}
+	last, _ := e.upstream.LastRequest()
+	if last.Claims["sub"] != e.idp.Subject("alice") {
+		t.Fatalf("stream went upstream without alice's exchanged token")
+	}
+}
+
+// Scenario 13: a client that goes away while its request is held strands nobody.
+func TestE2E_ClientDisconnectWhileHeld(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 1})
+	e.serviceTokenReady()
+	e.idp.SetFault(idp.TokenExchangeOnly, idp.Latency(400*time.Millisecond))
+	alice := e.userToken("alice")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() { _, err := e.do(ctx, "/api", alice); gone <- err }()
+	if err := e.idp.WaitForTokenExchanges(waitCtx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan reply, 1)
+	go func() { second <- e.get("/api", alice) }()
+	cancel() // the request that started the exchange is cancelled by its client
+	if err := <-gone; err == nil {
+		t.Fatalf("cancelled request completed")
+	}
+	e.wantUserToken(<-second, "alice")
+	if n := e.idp.TokenExchangeCount(); n != 1 {
+		t.Fatalf("%d exchanges, want 1", n)
+	}
+	for _, l := range e.proxy.Logs() {
+		if l.Host {
+			t.Fatalf("host reported %q", l.Message)
+		}
+	}
+}
+
+// Load: 200 concurrent requests for 20 users, each with exactly its own user's token, none
+// slower than timeoutMs + 100 ms.
+func TestE2E_LoadTwentyUsers(t *testing.T) {
+	const users, requests, timeoutMs = 20, 200, 1000
+	e := newEnv(t, envOptions{plugin: exchangeOn + `,"timeoutMs":1000`})
+	e.serviceTokenReady()
+	tokens := make([]string, users)
+	subjects := make([]string, users)
+	for i := range tokens {
+		name := "load-user-" + string(rune('a'+i))
+		if err := e.idp.AddUser(idp.User{Username: name, Password: "pw-" + name, Email: name + "@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		tokens[i] = e.userToken(name)
+		subjects[i] = e.idp.Subject(name)
+	}
+	replies := e.burst(requests, func(i int) string { return tokens[i%users] })
+	for i, r := range replies {
+		e.wantUserToken(r, "load-user-"+string(rune('a'+i%users)))
+		if r.claim("sub") != subjects[i%users] {
+			t.Fatalf("request %d carried another user's token", i)
+		}
+		if r.elapsed > timeoutMs*time.Millisecond+100*time.Millisecond {
+			t.Fatalf("request %d took %v", i, r.elapsed)
+		}
+	}
+	if n := e.idp.TokenExchangeCount(); n < users || n > users*4 {
+		t.Fatalf("%d exchanges for %d users on 4 workers, want between %d and %d", n, users, users, users*4)
+	}
+}

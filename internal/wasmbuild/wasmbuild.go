@@ -1,0 +1,41 @@
+// Package wasmbuild gives tests the compiled filter module: the file named by
+// $TOKEN_EXCHANGE_WASM (what `make test` builds), or a fresh build of ./filter into a temporary
+// directory, so that `go test ./...` alone never tests a stale module.
+package wasmbuild
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+)
+
+// EnvVar names the variable `make test` sets to build/plugin.wasm.
+const EnvVar = "TOKEN_EXCHANGE_WASM"
+
+// Module returns the compiled filter, building it at most once per process.
+var Module = sync.OnceValues(func() ([]byte, error) {
+	if p := os.Getenv(EnvVar); p != "" {
+		return os.ReadFile(p)
+	}
+	dir, err := os.MkdirTemp("", "token-exchange-wasm")
+	if err != nil {
+		return nil, err
+	}
+	out := filepath.Join(dir, "plugin.wasm")
+	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-o", out, "./filter")
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building the wasm module: %v\n%s", err, b)
+	}
+	return os.ReadFile(out)
+})
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, here, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(here), "..", "..")
+}
