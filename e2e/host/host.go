@@ -1,0 +1,535 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+)
+
+// FailurePolicy is the filter's failure_policy: what happens to requests after the VM trapped.
+type FailurePolicy int
+
+const (
+	// FailClosed (Envoy's default): the trapping request and every later request on that VM
+	// get 503.
+	FailClosed FailurePolicy = iota
+	// FailOpen: the trapping request carries on without the filter, later ones bypass it.
+	FailOpen
+	// FailReload: the trapping request gets 503; the next request on that worker gets a fresh
+	// VM (instantiated, started and configured again).
+	FailReload
+)
+
+// LogLevel is a proxy_log level.
+type LogLevel uint32
+
+const (
+	LogTrace LogLevel = iota
+	LogDebug
+	LogInfo
+	LogWarn
+	LogError
+	LogCritical
+)
+
+func (l LogLevel) String() string {
+	switch l {
+	case LogTrace:
+		return "trace"
+	case LogDebug:
+		return "debug"
+	case LogInfo:
+		return "info"
+	case LogWarn:
+		return "warn"
+	case LogError:
+		return "error"
+	case LogCritical:
+		return "critical"
+	}
+	return fmt.Sprintf("level(%d)", uint32(l))
+}
+
+// Worker values of VMs that serve no requests.
+const (
+	WorkerMain   = -1 // the main-thread VM
+	WorkerCanary = -2 // the short-lived canary that checks the configuration at start-up
+	WorkerBase   = -3 // the base VM: runs _initialize only, the source Envoy clones workers from
+)
+
+// Log is one recorded log line.
+type Log struct {
+	Level   LogLevel
+	Worker  int    // 0..Workers-1, or WorkerMain, WorkerCanary, WorkerBase
+	Message string // as the module wrote it (proxy_log, or one fd_write to stdout/stderr)
+	Host    bool   // written by the host (a trap, proc_exit, a VM reload), not by the module
+}
+
+// Config describes the filter as Envoy's configuration would (see ENVOY-HOST.md).
+type Config struct {
+	Module       []byte // the compiled module (required)
+	PluginConfig []byte // configuration: read in on_configure
+	VMConfig     []byte // vm_config.configuration: read in on_vm_start
+	VMID         string // vm_config.vm_id: scopes shared data and queues
+	RootID       string
+	PluginName   string
+	// Workers is the number of worker threads, one VM each (default 4). A main-thread VM runs
+	// besides them (it serves no requests but starts, configures and ticks like the others).
+	Workers int
+	// Clusters maps cluster names to plain-HTTP host:port addresses (loopback in tests), for
+	// proxy_http_call and for the route.
+	Clusters map[string]string
+	// UpstreamCluster is the route's cluster (its address is in Clusters). Empty: no route
+	// matches and requests that pass the filter get Envoy's 404.
+	UpstreamCluster string
+	RouteName       string            // xds.route_name
+	Env             map[string]string // vm_config.environment_variables, seen through WASI
+	FailurePolicy   FailurePolicy
+	Listen          string    // default "127.0.0.1:0"
+	LogWriter       io.Writer // optional: every log line is echoed here
+	// LogLevel is the lowest level recorded (default LogTrace: everything), and what
+	// proxy_get_log_level answers under ABI 0.2.1.
+	LogLevel LogLevel
+	// CalloutBodyLimit bounds a callout's response body (default 1 MiB); a larger body makes
+	// the callback see 0 headers and 0 body, as Envoy's buffer limit does.
+	CalloutBodyLimit int
+	// RouteTimeout is the wait for the upstream's response headers before Envoy answers 504
+	// (default 15s, Envoy's route timeout; negative: none).
+	RouteTimeout time.Duration
+	// StreamIdleTimeout bounds how long a held request waits before a 408 (default 5m, Envoy's
+	// stream_idle_timeout; negative: none).
+	StreamIdleTimeout time.Duration
+	// PerConnection routes every connection to one worker (as Envoy does) instead of sending
+	// each request to the next worker in turn (the default, so tests spread requests without
+	// opening connections).
+	PerConnection bool
+}
+
+// StartError is returned by Start when the module does not load, start or configure. Logs
+// holds what the VMs logged until then (e.g. the plugin's reason for refusing its
+// configuration).
+type StartError struct {
+	Err  error
+	Logs []Log
+}
+
+func (e *StartError) Error() string { return e.Err.Error() }
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Host is a running proxy: a listener with the filter in front of the route's upstream.
+type Host struct {
+	cfg        Config
+	ctx        context.Context // lives until Close; VM calls run under it
+	cancel     context.CancelFunc
+	calloutCtx context.Context
+	stopCalls  context.CancelFunc
+	rt         wazero.Runtime
+	compiled   wazero.CompiledModule
+	abi        string
+	transport  *http.Transport
+	srv        *http.Server
+	ln         net.Listener
+	served     chan struct{}
+
+	shared  *sharedData
+	queues  *sharedQueues
+	metrics *metrics
+	vmSeq   atomic.Int64
+	rr      atomic.Uint64
+	workers []*slot
+	main    *vm
+
+	mu       sync.Mutex
+	logs     []Log
+	changed  chan struct{}
+	callouts map[string]int
+	retired  []*vm
+	closed   bool
+	closing  chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
+}
+
+// compilationCache is shared by every Host of the process: a module is compiled once.
+var compilationCache = wazero.NewCompilationCache()
+
+// Start loads the module and starts the proxy. Like Envoy it compiles once, checks the ABI
+// export, the imports and the callback signatures, runs _initialize in a base VM, starts and
+// configures a canary VM (and drops it), then the main-thread VM and one VM per worker, each
+// with its own root context, and listens. It fails if any VM fails to start or configure.
+func Start(ctx context.Context, cfg Config) (*Host, error) {
+	if len(cfg.Module) == 0 {
+		return nil, errors.New("host: Config.Module is empty")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.CalloutBodyLimit <= 0 {
+		cfg.CalloutBodyLimit = 1 << 20
+	}
+	cfg.RouteTimeout = orDefault(cfg.RouteTimeout, 15*time.Second)
+	cfg.StreamIdleTimeout = orDefault(cfg.StreamIdleTimeout, 5*time.Minute)
+	if cfg.UpstreamCluster != "" {
+		if _, ok := cfg.Clusters[cfg.UpstreamCluster]; !ok {
+			return nil, fmt.Errorf("host: UpstreamCluster %q is not in Clusters", cfg.UpstreamCluster)
+		}
+	}
+	h := &Host{cfg: cfg, shared: newSharedData(), queues: newSharedQueues(),
+		metrics: &metrics{byName: map[string]*metric{}}, changed: make(chan struct{}),
+		callouts: map[string]int{}, closing: make(chan struct{}), served: make(chan struct{})}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	h.calloutCtx, h.stopCalls = context.WithCancel(h.ctx)
+	h.transport = &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext, // Envoy's connect_timeout
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 64,
+	}
+	fail := func(err error) (*Host, error) {
+		h.shutdown()
+		return nil, &StartError{Err: err, Logs: h.Logs()}
+	}
+	h.rt = wazero.NewRuntimeWithConfig(h.ctx, wazero.NewRuntimeConfig().
+		WithCompilationCache(compilationCache).WithCloseOnContextDone(true))
+	compiled, err := h.rt.CompileModule(ctx, cfg.Module)
+	if err != nil {
+		return fail(fmt.Errorf("Failed to load Wasm bytecode: %w", err))
+	}
+	h.compiled = compiled
+	if h.abi, err = checkModule(compiled); err != nil {
+		return fail(err)
+	}
+	if err := registerHostModules(h.ctx, h.rt); err != nil {
+		return fail(err)
+	}
+	base, err := h.newVM(WorkerBase, false)
+	if err != nil {
+		return fail(err)
+	}
+	base.close()
+	canary, err := h.newVM(WorkerCanary, true)
+	if err != nil {
+		return fail(err)
+	}
+	canary.close()
+	if h.main, err = h.newVM(WorkerMain, true); err != nil {
+		return fail(err)
+	}
+	for i := 0; i < cfg.Workers; i++ {
+		v, err := h.newVM(i, true)
+		if err != nil {
+			return fail(err)
+		}
+		h.workers = append(h.workers, &slot{idx: i, vm: v})
+	}
+	if h.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fail(err)
+	}
+	h.srv = &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ConnContext: h.connContext}
+	go func() {
+		defer close(h.served)
+		_ = h.srv.Serve(h.ln)
+	}()
+	return h, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+// URL is the listener's base URL, e.g. "http://127.0.0.1:41234".
+func (h *Host) URL() string { return "http://" + h.ln.Addr().String() }
+
+// Close stops the listener (open requests end as if their clients went away), cancels
+// outstanding callouts without calling back, runs on_done and on_delete on every root
+// context, stops every VM and waits for every goroutine the host started.
+func (h *Host) Close() error {
+	h.shutdown()
+	return nil
+}
+
+func (h *Host) shutdown() {
+	h.once.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		close(h.closing)
+		h.mu.Unlock()
+		if h.srv != nil {
+			_ = h.srv.Close()
+			<-h.served
+		}
+		h.stopCalls()
+		h.wg.Wait()
+		h.transport.CloseIdleConnections()
+		var vms []*vm
+		for _, s := range h.workers {
+			vms = append(vms, s.vm)
+		}
+		if h.main != nil {
+			vms = append(vms, h.main)
+		}
+		vms = append(vms, h.retired...)
+		for _, v := range vms {
+			v.stop(true)
+		}
+		h.cancel()
+		if h.rt != nil {
+			_ = h.rt.Close(context.Background())
+		}
+	})
+}
+
+// enter registers a request handler; false once the host is closing.
+func (h *Host) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+// goTrack runs fn on a goroutine that Close waits for; false (fn not run) once closing.
+func (h *Host) goTrack(fn func()) bool {
+	if !h.enter() {
+		return false
+	}
+	go func() {
+		defer h.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// slot is one worker thread: its current VM, replaced after a failure under FailReload.
+type slot struct {
+	idx int
+	mu  sync.Mutex
+	vm  *vm
+}
+
+type mode int
+
+const (
+	modeFilter mode = iota
+	modeBypass
+	modeFailed
+)
+
+func (s *slot) get(h *Host) (*vm, mode) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.vm.failed.Load() {
+		return s.vm, modeFilter
+	}
+	switch h.cfg.FailurePolicy {
+	case FailOpen:
+		return nil, modeBypass
+	case FailReload:
+		v, err := h.newVM(s.idx, true)
+		if err != nil {
+			h.addLog(LogError, s.idx, "reloading the failed VM failed: "+err.Error(), true)
+			return nil, modeFailed
+		}
+		h.addLog(LogInfo, s.idx, "reloaded the failed VM", true)
+		h.mu.Lock()
+		h.retired = append(h.retired, s.vm)
+		h.mu.Unlock()
+		s.vm = v
+		return v, modeFilter
+	}
+	return nil, modeFailed
+}
+
+type connWorkerKey struct{}
+
+func (h *Host) connContext(ctx context.Context, _ net.Conn) context.Context {
+	if !h.cfg.PerConnection {
+		return ctx
+	}
+	return context.WithValue(ctx, connWorkerKey{}, int((h.rr.Add(1)-1)%uint64(len(h.workers))))
+}
+
+func (h *Host) slotFor(r *http.Request) *slot {
+	if i, ok := r.Context().Value(connWorkerKey{}).(int); ok {
+		return h.workers[i]
+	}
+	return h.workers[(h.rr.Add(1)-1)%uint64(len(h.workers))]
+}
+
+// --- observation, for tests ---
+
+func (h *Host) addLog(level LogLevel, worker int, msg string, byHost bool) {
+	if level < h.cfg.LogLevel {
+		return
+	}
+	l := Log{Level: level, Worker: worker, Message: msg, Host: byHost}
+	h.mu.Lock()
+	h.logs = append(h.logs, l)
+	h.mu.Unlock()
+	if w := h.cfg.LogWriter; w != nil {
+		fmt.Fprintf(w, "[%s] %s %s\n", workerName(worker), level, msg)
+	}
+	h.notify()
+}
+
+func workerName(w int) string {
+	switch w {
+	case WorkerMain:
+		return "main"
+	case WorkerCanary:
+		return "canary"
+	case WorkerBase:
+		return "base"
+	}
+	return fmt.Sprintf("worker %d", w)
+}
+
+// notify wakes every WaitFor: something observable changed.
+func (h *Host) notify() {
+	h.mu.Lock()
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+}
+
+func (h *Host) countCallout(cluster string) {
+	h.mu.Lock()
+	h.callouts[cluster]++
+	h.mu.Unlock()
+	h.notify()
+}
+
+// Logs returns every log line recorded so far, in order.
+func (h *Host) Logs() []Log {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Log(nil), h.logs...)
+}
+
+// ErrTimeout is returned by WaitFor and WaitLog when the condition did not hold in time.
+var ErrTimeout = errors.New("host: condition not met before the timeout")
+
+// WaitFor waits until cond returns true, re-checking it whenever a log line, a metric, a
+// callout count or shared data changes. cond must be cheap and must not block.
+func (h *Host) WaitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		h.mu.Lock()
+		ch := h.changed
+		h.mu.Unlock()
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			if cond() {
+				return nil
+			}
+			return ErrTimeout
+		}
+	}
+}
+
+// WaitLog waits for a log line (already recorded or future) matching match and returns it.
+func (h *Host) WaitLog(timeout time.Duration, match func(Log) bool) (Log, error) {
+	var found Log
+	err := h.WaitFor(timeout, func() bool {
+		for _, l := range h.Logs() {
+			if match(l) {
+				found = l
+				return true
+			}
+		}
+		return false
+	})
+	return found, err
+}
+
+// Metric returns a metric's value by name: a counter's count, a gauge's value (as its two's
+// complement if negative), a histogram's number of samples.
+func (h *Host) Metric(name string) (uint64, bool) {
+	h.metrics.mu.Lock()
+	defer h.metrics.mu.Unlock()
+	m := h.metrics.byName[name]
+	if m == nil {
+		return 0, false
+	}
+	if m.kind == metricHistogram {
+		return uint64(len(m.samples)), true
+	}
+	return uint64(m.value), true
+}
+
+// MetricNames lists the defined metrics.
+func (h *Host) MetricNames() []string { return h.metrics.names() }
+
+// SharedData reads a key of the host's vm_id store.
+func (h *Host) SharedData(key string) (value []byte, cas uint32, ok bool) {
+	v, c, st := h.shared.get(h.cfg.VMID, key)
+	return v, c, st == statusOK
+}
+
+// SharedDataBytes is the sum of key and value lengths in shared data (every vm_id).
+func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
+
+// SharedDataKeys is the number of keys in shared data (every vm_id).
+func (h *Host) SharedDataKeys() int { _, k := h.shared.size(); return k }
+
+// MemoryPages returns the linear memory size, in 64 KiB pages, of each worker's current VM
+// (index = worker) followed by the main-thread VM (last).
+func (h *Host) MemoryPages() []uint32 {
+	out := make([]uint32, 0, len(h.workers)+1)
+	for _, s := range h.workers {
+		s.mu.Lock()
+		out = append(out, s.vm.pages.Load())
+		s.mu.Unlock()
+	}
+	return append(out, h.main.pages.Load())
+}
+
+// Callouts is the number of proxy_http_call dispatches to cluster that returned Ok.
+func (h *Host) Callouts(cluster string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.callouts[cluster]
+}
+
+// CalloutsTotal is the number of successful proxy_http_call dispatches to any cluster.
+func (h *Host) CalloutsTotal() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, c := range h.callouts {
+		n += c
+	}
+	return n
+}
+
+// Failed reports whether worker i's current VM has failed (trapped).
+func (h *Host) Failed(worker int) bool {
+	s := h.workers[worker]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vm.failed.Load()
+}

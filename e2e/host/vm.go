@@ -1,0 +1,441 @@
+package host
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+)
+
+// vm is one module instance with its own root context, like one Envoy thread's Wasm. It is
+// single-threaded: every call into it (requests, callout answers, ticks, queue wake-ups) is a
+// function posted to its event loop, and host calls made by the module run on that loop too, so
+// the loop-owned fields below need no locks.
+type vm struct {
+	h      *Host
+	worker int
+	mod    api.Module
+	fns    map[string]api.Function
+	malloc api.Function
+	ctx    context.Context // carries the vm to host functions
+	failed atomic.Bool
+	pages  atomic.Uint32
+
+	mu      sync.Mutex // guards queue and stopped
+	queue   []func()
+	stopped bool
+	wake    chan struct{}
+	done    chan struct{}
+
+	// Loop-owned state.
+	exit      bool
+	depth     int
+	restrict  map[string]bool // non-nil: only these host functions may be called
+	after     []func()        // Envoy's "after VM call actions"
+	stopIter  bool            // set by send_local_response: the running callback counts as a stop
+	current   uint32          // context of the running callback
+	effective uint32          // proxy_set_effective_context
+	rootID    uint32
+	nextID    uint32
+	streams   map[uint32]*stream
+	showPlug  bool // the plugin configuration is readable (on_context_create / on_configure of the root)
+	tickEvery time.Duration
+	tick      *time.Timer
+	callResp  *calloutResult // the callout answer, readable only during its callback
+	nextCall  uint32
+	calls     map[uint32]bool
+	trapMsg   string // first line of the trap that failed the VM
+	status    uint32 // proxy_get_status
+	statusMsg string
+	metricIDs map[uint32]*metric
+	nextMet   [3]uint32
+}
+
+type vmKey struct{}
+
+// errRestricted is the trap of a host call made while only a few are allowed (v8.cc).
+var errRestricted = errors.New("restricted_callback")
+
+// Host calls allowed while _initialize (and main) run: WasmBase::startVm.
+var startAllowed = allowSet([]string{"env.emscripten_notify_memory_growth", "env.proxy_log"},
+	"fd_write", "args_sizes_get", "args_get", "environ_sizes_get", "environ_get", "clock_time_get",
+	"clock_res_get", "random_get", "poll_oneoff", "fd_fdstat_get", "fd_fdstat_set_flags", "fd_advise",
+	"fd_allocate", "fd_datasync", "fd_fdstat_set_rights", "fd_filestat_get", "fd_filestat_set_size",
+	"fd_filestat_set_times", "fd_pread", "fd_prestat_dir_name", "fd_prestat_get", "fd_pwrite",
+	"fd_readdir", "fd_renumber", "fd_sync", "fd_tell", "path_create_directory", "path_filestat_get",
+	"path_filestat_set_times", "path_link", "path_readlink", "path_remove_directory", "path_rename",
+	"path_symlink", "path_unlink_file", "sock_accept", "sock_recv", "sock_send", "sock_shutdown")
+
+// Host calls allowed while the host runs the module's allocator: WasmBase::allocMemory.
+var allocAllowed = allowSet([]string{"env.proxy_log"}, "fd_write", "clock_time_get", "poll_oneoff")
+
+func allowSet(env []string, wasi ...string) map[string]bool {
+	m := map[string]bool{}
+	for _, n := range env {
+		m[n] = true
+	}
+	for _, n := range wasi {
+		m["wasi_unstable."+n] = true
+		m["wasi_snapshot_preview1."+n] = true
+	}
+	return m
+}
+
+// newVM instantiates the compiled module, starts its loop and runs _initialize on it; with
+// plugin it also creates the root context and runs on_vm_start and on_configure.
+func (h *Host) newVM(worker int, plugin bool) (*vm, error) {
+	v := &vm{h: h, worker: worker, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		nextID: 1, streams: map[uint32]*stream{}, calls: map[uint32]bool{}, metricIDs: map[uint32]*metric{}}
+	v.ctx = context.WithValue(h.ctx, vmKey{}, v)
+	name := fmt.Sprintf("vm-%d", h.vmSeq.Add(1))
+	mod, err := h.rt.InstantiateModule(v.ctx, h.compiled, wazero.NewModuleConfig().WithName(name).WithStartFunctions())
+	if err != nil {
+		return nil, fmt.Errorf("Failed to create new Wasm instance: %w", err)
+	}
+	v.mod = mod
+	v.fns = map[string]api.Function{}
+	for n := range h.compiled.ExportedFunctions() {
+		v.fns[n] = mod.ExportedFunction(n)
+	}
+	if v.malloc = v.fns["malloc"]; v.malloc == nil {
+		v.malloc = v.fns["proxy_on_memory_allocate"]
+	}
+	v.pages.Store(mod.Memory().Size() / 65536)
+	go v.loop()
+	err = v.do(func() error {
+		if err := v.initialize(); err != nil {
+			return err
+		}
+		if plugin {
+			return v.startPlugin()
+		}
+		return nil
+	})
+	if err != nil {
+		v.close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// initialize is WasmBase::startVm: _initialize (then main or __main_void) for a reactor, _start
+// for a command, with only logging, clock, random, args, environment and inert WASI calls allowed.
+func (v *vm) initialize() error {
+	v.restrict = startAllowed
+	defer func() { v.restrict = nil }()
+	type step struct {
+		name string
+		args []uint64
+	}
+	var steps []step
+	if v.fns["_initialize"] != nil {
+		steps = append(steps, step{"_initialize", nil})
+		if v.fns["main"] != nil {
+			steps = append(steps, step{"main", []uint64{0, 0}})
+		} else if v.fns["__main_void"] != nil {
+			steps = append(steps, step{"__main_void", nil})
+		}
+	} else if v.fns["_start"] != nil {
+		steps = append(steps, step{"_start", nil})
+	}
+	for _, s := range steps {
+		if _, _, ok := v.call(s.name, 0, s.args...); !ok {
+			return fmt.Errorf("Failed to initialize Wasm code: %s", v.lastTrap())
+		}
+	}
+	return nil
+}
+
+// startPlugin is ContextBase::onStart and onConfigure for the VM's root context.
+func (v *vm) startPlugin() error {
+	cfg := &v.h.cfg
+	v.rootID = v.newContextID()
+	v.showPlug = true
+	_, _, ok := v.call("proxy_on_context_create", v.rootID, uint64(v.rootID), 0)
+	v.showPlug = false
+	if !ok {
+		return fmt.Errorf("Failed to start thread-local Wasm: %s", v.lastTrap())
+	}
+	if v.fns["proxy_on_vm_start"] != nil {
+		r, _, ok := v.call("proxy_on_vm_start", v.rootID, uint64(v.rootID), uint64(len(cfg.VMConfig)))
+		if !ok || uint32(r) == 0 {
+			return fmt.Errorf("Failed to start thread-local Wasm: proxy_on_vm_start %s", falseOrTrap(ok, v))
+		}
+	}
+	if v.fns["proxy_on_configure"] != nil {
+		v.showPlug = true
+		r, _, ok := v.call("proxy_on_configure", v.rootID, uint64(v.rootID), uint64(len(cfg.PluginConfig)))
+		v.showPlug = false
+		if !ok || uint32(r) == 0 {
+			return fmt.Errorf("Failed to configure thread-local Wasm plugin: proxy_on_configure %s", falseOrTrap(ok, v))
+		}
+	}
+	return nil
+}
+
+func falseOrTrap(ok bool, v *vm) string {
+	if ok {
+		return "returned false"
+	}
+	return "trapped: " + v.lastTrap()
+}
+
+func (v *vm) newContextID() uint32 {
+	for {
+		id := v.nextID
+		v.nextID++
+		if id != 0 && id != v.rootID && v.streams[id] == nil {
+			return id
+		}
+	}
+}
+
+// call runs an exported function on behalf of context ctxID and returns its result, whether
+// send_local_response asked to stop iteration, and false if it trapped. A function the module
+// does not export is skipped (result 0), as Envoy skips missing callbacks. The actions host
+// calls deferred (resume, local reply) run when the outermost call returns.
+func (v *vm) call(name string, ctxID uint32, args ...uint64) (uint64, bool, bool) {
+	if v.failed.Load() {
+		return 0, false, false
+	}
+	f := v.fns[name]
+	if f == nil {
+		return 0, false, true
+	}
+	prevCur, prevEff := v.current, v.effective
+	v.current, v.effective = ctxID, 0
+	v.depth++
+	res, err := f.Call(v.ctx, args...)
+	v.depth--
+	v.current, v.effective = prevCur, prevEff
+	v.pages.Store(v.mod.Memory().Size() / 65536)
+	if err != nil {
+		v.trap(name, err)
+		return 0, false, false
+	}
+	stopped := v.stopIter
+	if v.depth == 0 {
+		v.stopIter = false
+		for len(v.after) > 0 && !v.failed.Load() {
+			a := v.after[0]
+			v.after = v.after[1:]
+			a()
+		}
+	}
+	var r uint64
+	if len(res) > 0 {
+		r = res[0]
+	}
+	return r, stopped, true
+}
+
+func (v *vm) lastTrap() string { return v.trapMsg }
+
+// trap marks the VM failed (FailState::RuntimeError): no further call enters it, its timer
+// stops, and the streams and the failure policy take it from there.
+func (v *vm) trap(name string, err error) {
+	if v.failed.Swap(true) {
+		return
+	}
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	msg = strings.TrimSuffix(msg, " (recovered by wazero)")
+	v.trapMsg = msg
+	v.after = nil
+	if v.tick != nil {
+		v.tick.Stop()
+	}
+	if v.h.ctx.Err() == nil {
+		v.h.addLog(LogError, v.worker, "Function: "+name+" failed: "+msg, true)
+	}
+}
+
+// loop is the VM's thread.
+func (v *vm) loop() {
+	defer close(v.done)
+	for !v.exit {
+		var tickC <-chan time.Time
+		if v.tick != nil {
+			tickC = v.tick.C
+		}
+		select {
+		case <-v.wake:
+			v.mu.Lock()
+			q := v.queue
+			v.queue = nil
+			v.mu.Unlock()
+			for _, fn := range q {
+				if v.exit {
+					break // the rest is dropped: the VM is gone
+				}
+				fn()
+			}
+		case <-tickC:
+			v.onTick()
+		}
+	}
+	if v.tick != nil {
+		v.tick.Stop()
+	}
+	v.mu.Lock()
+	v.stopped = true
+	v.queue = nil
+	v.mu.Unlock()
+}
+
+// post queues fn on the VM's loop; it never blocks and never runs fn inline.
+func (v *vm) post(fn func()) {
+	v.mu.Lock()
+	if v.stopped {
+		v.mu.Unlock()
+		return
+	}
+	v.queue = append(v.queue, fn)
+	v.mu.Unlock()
+	select {
+	case v.wake <- struct{}{}:
+	default:
+	}
+}
+
+// do runs fn on the loop and waits for it.
+func (v *vm) do(fn func() error) error {
+	res := make(chan error, 1)
+	v.post(func() { res <- fn() })
+	select {
+	case err := <-res:
+		return err
+	case <-v.done:
+		return errors.New("the VM has stopped")
+	}
+}
+
+// close stops the loop (after what is queued) and releases the instance; with shutdown it
+// first runs the root context's on_done and on_delete, as Envoy does when it drains a plugin.
+func (v *vm) close() { v.stop(false) }
+
+func (v *vm) stop(shutdown bool) {
+	v.post(func() {
+		if shutdown && v.rootID != 0 {
+			v.call("proxy_on_done", v.rootID, uint64(v.rootID))
+			v.call("proxy_on_delete", v.rootID, uint64(v.rootID))
+		}
+		v.exit = true
+	})
+	<-v.done
+	_ = v.mod.Close(context.Background())
+}
+
+func (v *vm) onTick() {
+	if v.failed.Load() {
+		return
+	}
+	v.call("proxy_on_tick", v.rootID, uint64(v.rootID))
+	if v.tick != nil && v.tickEvery > 0 && !v.failed.Load() {
+		v.tick.Reset(v.tickEvery)
+	}
+}
+
+// setTick is Wasm::setTimerPeriod: 0 stops the timer, anything else (re)arms it; the timer is
+// re-armed after each on_tick returns.
+func (v *vm) setTick(ms uint32) {
+	v.tickEvery = time.Duration(ms) * time.Millisecond
+	if ms == 0 {
+		if v.tick != nil {
+			v.tick.Stop()
+			v.tick = nil
+		}
+		return
+	}
+	if v.tick == nil {
+		v.tick = time.NewTimer(v.tickEvery)
+	} else {
+		v.tick.Reset(v.tickEvery)
+	}
+}
+
+func (v *vm) onQueueReady(ctxID, token uint32) {
+	if v.failed.Load() || (ctxID != v.rootID && v.streams[ctxID] == nil) {
+		return
+	}
+	v.call("proxy_on_queue_ready", ctxID, uint64(ctxID), uint64(token))
+}
+
+// target is contextOrEffectiveContext: the stream a host call acts on, or nil for the root.
+func (v *vm) target() *stream {
+	id := v.current
+	if v.effective != 0 && (v.effective == v.rootID || v.streams[v.effective] != nil) {
+		id = v.effective
+	}
+	return v.streams[id]
+}
+
+// Memory access. Out-of-bounds accesses report false (InvalidMemoryAccess / EFAULT).
+
+func (v *vm) read(ptr, size uint32) ([]byte, bool) {
+	b, ok := v.mod.Memory().Read(ptr, size)
+	if !ok {
+		return nil, false
+	}
+	return append([]byte(nil), b...), true
+}
+
+func (v *vm) readString(ptr, size uint32) (string, bool) {
+	b, ok := v.mod.Memory().Read(ptr, size)
+	return string(b), ok
+}
+
+func (v *vm) putU32(ptr, x uint32) bool { return v.mod.Memory().WriteUint32Le(ptr, x) }
+func (v *vm) putU64(ptr uint32, x uint64) bool {
+	return v.mod.Memory().WriteUint64Le(ptr, x)
+}
+
+func (v *vm) putBytes(ptr uint32, b []byte) bool { return v.mod.Memory().Write(ptr, b) }
+
+// copyOut is WasmBase::copyToPointerSize: data goes into memory the module allocates (nothing
+// is allocated for empty data: pointer 0, size 0), then pointer and size are stored.
+func (v *vm) copyOut(data []byte, ptrPtr, sizePtr uint32) uint32 {
+	var ptr uint32
+	if len(data) > 0 {
+		p, ok := v.alloc(uint32(len(data)))
+		if !ok || !v.putBytes(p, data) {
+			return statusInvalidMemoryAccess
+		}
+		ptr = p
+	}
+	if !v.putU32(ptrPtr, ptr) || !v.putU32(sizePtr, uint32(len(data))) {
+		return statusInvalidMemoryAccess
+	}
+	return statusOK
+}
+
+// alloc calls the module's allocator with the host calls restricted as WasmBase::allocMemory
+// does. A trap in it aborts the host call that needed memory, and with it the callback.
+func (v *vm) alloc(size uint32) (uint32, bool) {
+	if v.malloc == nil {
+		return 0, false
+	}
+	prev := v.restrict
+	v.restrict = allocAllowed
+	res, err := v.malloc.Call(v.ctx, uint64(size))
+	v.restrict = prev
+	if err != nil {
+		panic(err)
+	}
+	p := uint32(res[0])
+	if p == 0 {
+		return 0, false
+	}
+	if _, ok := v.mod.Memory().Read(p, size); !ok {
+		return 0, false
+	}
+	return p, true
+}
+
+func le64(x int64) []byte { return binary.LittleEndian.AppendUint64(nil, uint64(x)) }
