@@ -33,9 +33,10 @@ vet:
 test: build vet
 	TOKEN_EXCHANGE_WASM=$(CURDIR)/$(WASM) $(GO) test -count=1 ./...
 
-## run: the local demo on embedded defaults
+## run: the local demo on embedded defaults: IdP, echo upstream and the filter in a proxy, then a self-check
 run: build
-	@echo "The local demo (IdP, echo upstream and proxy on localhost) is coming; $(WASM) is built."
+	$(GO) build -o build/demo ./cmd/demo
+	./build/demo -wasm $(WASM)
 
 ## bench: benchmarks of the hot paths (ns/op, allocs/op)
 bench: build
