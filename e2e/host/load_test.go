@@ -138,8 +138,16 @@ func TestRestrictedCallbacksDuringInitialize(t *testing.T) {
 // proc_exit, which is not allowed during start-up, so it traps.
 func TestCommandModuleTraps(t *testing.T) {
 	_, err := Start(context.Background(), Config{Module: guest(t, "command"), Workers: 1})
-	if err == nil || !strings.Contains(err.Error(), "restricted_callback") {
+	var se *StartError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "restricted_callback") {
 		t.Fatalf("Start: %v, want restricted_callback", err)
+	}
+	found := false
+	for _, l := range se.Logs {
+		found = found || (l.Host && l.Message == "restricted host call: wasi_snapshot_preview1.proc_exit")
+	}
+	if !found {
+		t.Errorf("want the refused proc_exit logged: %+v", se.Logs)
 	}
 }
 

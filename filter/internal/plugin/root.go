@@ -13,8 +13,8 @@ import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/config"
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 )
