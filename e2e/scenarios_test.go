@@ -60,6 +60,13 @@ func TestE2E_CacheReuseAcrossWorkers(t *testing.T) {
 	if n := e.idp.TokenExchangeCount(); n != 1 {
 		t.Fatalf("%d exchanges for one user, want 1", n)
 	}
+	// Metrics are process-wide, summed over the workers, as in Envoy.
+	if hits, _ := e.proxy.Metric("token_exchange.cache.hit"); hits != 12 {
+		t.Fatalf("token_exchange.cache.hit = %d, want 12", hits)
+	}
+	if ok, _ := e.proxy.Metric("token_exchange.exchange.success"); ok != 1 {
+		t.Fatalf("token_exchange.exchange.success = %d, want 1", ok)
+	}
 }
 
 // Scenario 5: concurrent requests of one user on one worker share one exchange.

@@ -64,6 +64,7 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		if !r.cfg.FallbackToServiceAccount {
 			h.reply(replyTokenMissing)
 		} else {
+			r.metrics.fallbackNoToken.inc()
 			h.useServiceToken()
 		}
 		return h.action()
@@ -73,6 +74,7 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		if !r.cfg.FallbackToServiceAccount {
 			h.reply(replyTokenRejected)
 		} else {
+			r.metrics.fallbackInvalid.inc()
 			h.useServiceToken()
 		}
 		return h.action()
@@ -80,9 +82,11 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
 	if cached, ok := r.cache.Get(key, nowMs()); ok {
+		r.metrics.cacheHit.inc()
 		h.useToken(cached, string(key[:]), "")
 		return h.action()
 	}
+	r.metrics.cacheMiss.inc()
 	h.hold(string(key[:]), token)
 	return h.action()
 }
@@ -118,8 +122,14 @@ func (h *httpContext) hold(key, subject string) {
 		}
 		return
 	}
+	if h.waitingFor == "" {
+		r.metrics.held.add(1)
+	}
 	h.waitingFor = key
 	r.held[h.id] = h
+	if !started {
+		r.metrics.joined.inc()
+	}
 	if started {
 		f.Subject = subject
 		r.launch(f)
@@ -159,6 +169,7 @@ func (h *httpContext) exchangeFailed(fail *oauth.Failure) {
 		}
 		return
 	}
+	h.root.metrics.fallbackFailed.inc()
 	h.useServiceToken()
 }
 
@@ -189,6 +200,7 @@ func (h *httpContext) reply(rep localReply) {
 		return
 	}
 	rep.send()
+	h.root.metrics.replied(rep.status)
 	h.settled, h.replied = true, true
 }
 
@@ -201,6 +213,7 @@ func (h *httpContext) release() bool {
 		r.flights.Drop(h.id)
 		delete(r.held, h.id)
 		h.waitingFor = ""
+		r.metrics.held.add(-1)
 	}
 	if r.inRoot {
 		if err := proxywasm.SetEffectiveContext(h.id); err != nil {
@@ -245,6 +258,7 @@ func (h *httpContext) OnHttpStreamDone() {
 		h.root.flights.Drop(h.id)
 		delete(h.root.held, h.id)
 		h.waitingFor = ""
+		h.root.metrics.held.add(-1)
 	}
 }
 

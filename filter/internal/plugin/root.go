@@ -72,6 +72,7 @@ type rootContext struct {
 	cache    *cache.Cache
 	flights  *flight.Registry
 	warns    *warnLimiter
+	metrics  *metrics
 
 	// held maps a held request's context id to its stream, so a root callback can resume it.
 	held map[uint32]*httpContext
@@ -113,6 +114,7 @@ func (r *rootContext) OnPluginStart(int) types.OnPluginStartStatus {
 	r.cache = cache.New(sharedStore{}, cfg.Namespace(), cfg.CacheSlots)
 	r.flights = flight.New(maxHeldPerVM, maxFlightsPerVM)
 	r.warns = newWarnLimiter()
+	r.metrics = newMetrics()
 	r.held = map[uint32]*httpContext{}
 	// Strict exchange never uses the service-account token, so it never fetches one.
 	r.sa.needed = !cfg.TokenExchange.Enabled || cfg.FallbackToServiceAccount
@@ -270,6 +272,16 @@ func (r *rootContext) onCalloutResponse(f *flight.Flight, numHeaders, bodySize i
 // finishFlight stores a result and settles every request held on the flight.
 func (r *rootContext) finishFlight(f *flight.Flight, tok oauth.Token, fail *oauth.Failure, now int64) {
 	key := f.Key
+	switch {
+	case key == serviceFlightKey && fail == nil:
+		r.metrics.serviceSuccess.inc()
+	case key == serviceFlightKey:
+		r.metrics.serviceFailure.inc()
+	case fail == nil:
+		r.metrics.exchangeSuccess.inc()
+	default:
+		r.metrics.exchangeFailed(fail.Class)
+	}
 	if cur, ok := r.flights.Get(key); !ok || cur != f {
 		// A late answer to an abandoned flight: its requests were settled already. A token still
 		// fills the cache; a failure must not overwrite what newer flights found out.
