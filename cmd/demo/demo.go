@@ -368,8 +368,16 @@ func (d *demo) selfCheck(ctx context.Context) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	d.say("  ✓ 4. burst of %d concurrent requests with a new token → %d exchange(s) at the IdP (held requests share one exchange per worker)",
-		burst, d.idp.TokenExchangeCount()-before)
+	d.say("  ✓ 4. burst of %d concurrent requests with a new token → %d exchange(s) at the IdP, not %d: requests held on a worker share one exchange",
+		burst, d.idp.TokenExchangeCount()-before, burst)
+
+	// The fallback needs the service-account token: a request without a user token gets it,
+	// waiting for the first fetch if that is still under way.
+	s, err = d.call("")
+	if err != nil || s.sub != idp.ServiceAccountSubject(idp.FilterClientID) {
+		return fmt.Errorf("5. no user token: upstream saw %v (%v), want the service-account token", s, err)
+	}
+	d.say("  ✓ 5. no user token → the service-account token, as before the filter: %v", s)
 
 	if err := d.idp.Stop(); err != nil {
 		return err
@@ -380,12 +388,12 @@ func (d *demo) selfCheck(ctx context.Context) error {
 		return rerr
 	}
 	if err != nil {
-		return fmt.Errorf("5. IdP down: %w", err)
+		return fmt.Errorf("6. IdP down: %w", err)
 	}
 	if s.sub != idp.ServiceAccountSubject(idp.FilterClientID) {
-		return fmt.Errorf("5. IdP down: upstream saw %v, want the service-account token", s)
+		return fmt.Errorf("6. IdP down: upstream saw %v, want the service-account token", s)
 	}
-	d.say("  ✓ 5. IdP stopped → the exchange fails, the service-account fallback takes over: %v", s)
+	d.say("  ✓ 6. IdP stopped → bob's new token cannot be exchanged, the service-account fallback takes over")
 	d.say("       (IdP started again)")
 	d.say("")
 	return nil

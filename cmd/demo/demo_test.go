@@ -32,7 +32,7 @@ func TestSelfCheck(t *testing.T) {
 	if err := run(context.Background(), o, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{"✓ 1. alice", "✓ 2. bob", "✓ 3. alice again", "✓ 4. burst", "✓ 5. IdP stopped"} {
+	for _, want := range []string{"✓ 1. alice", "✓ 2. bob", "✓ 3. alice again", "✓ 4. burst", "✓ 5. no user token", "✓ 6. IdP stopped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -27,6 +28,9 @@ func main() {
 	flag.BoolVar(&o.checkOnly, "check-only", false, "run the self-check and exit")
 	flag.Parse()
 
+	// The OIDC library logs every route it registers and every error it answers; the demo prints
+	// its own account of what happens instead.
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, os.Stdout); err != nil {
