@@ -695,11 +695,8 @@ const (
 // it does nothing and still answers Ok.
 func hContinueStream(v *vm, s []uint64) uint32 {
 	t := w(s, 0)
-	if t > streamTypeMax {
-		return statusBadArgument
-	}
 	if t != streamRequest && t != streamResponse {
-		return statusBadArgument
+		return statusBadArgument // also Downstream/Upstream: no network filter here
 	}
 	if st := v.target(); st != nil {
 		if t == streamRequest {

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -218,6 +219,7 @@ func newUpstream(t *testing.T, handler http.HandlerFunc) *upstream {
 		u.mu.Lock()
 		u.reqs = append(u.reqs, &seenRequest{header: r.Header.Clone(), host: r.Host, path: r.URL.RequestURI(), body: string(b)})
 		u.mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(b))
 		handler(w, r)
 	})
 	return u

@@ -134,7 +134,6 @@ type Host struct {
 	stopCalls  context.CancelFunc
 	rt         wazero.Runtime
 	compiled   wazero.CompiledModule
-	abi        string
 	transport  *http.Transport
 	srv        *http.Server
 	ln         net.Listener
@@ -207,7 +206,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		return fail(fmt.Errorf("Failed to load Wasm bytecode: %w", err))
 	}
 	h.compiled = compiled
-	if h.abi, err = checkModule(compiled); err != nil {
+	if _, err := checkModule(compiled); err != nil {
 		return fail(err)
 	}
 	if err := registerHostModules(h.ctx, h.rt); err != nil {
@@ -269,12 +268,12 @@ func (h *Host) shutdown() {
 	h.once.Do(func() {
 		h.mu.Lock()
 		h.closed = true
-		close(h.closing)
 		h.mu.Unlock()
 		if h.srv != nil {
 			_ = h.srv.Close()
 			<-h.served
 		}
+		close(h.closing)
 		h.stopCalls()
 		h.wg.Wait()
 		h.transport.CloseIdleConnections()
@@ -384,10 +383,10 @@ func (h *Host) addLog(level LogLevel, worker int, msg string, byHost bool) {
 	l := Log{Level: level, Worker: worker, Message: msg, Host: byHost}
 	h.mu.Lock()
 	h.logs = append(h.logs, l)
-	h.mu.Unlock()
 	if w := h.cfg.LogWriter; w != nil {
 		fmt.Fprintf(w, "[%s] %s %s\n", workerName(worker), level, msg)
 	}
+	h.mu.Unlock()
 	h.notify()
 }
 
@@ -488,6 +487,17 @@ func (h *Host) MetricNames() []string { return h.metrics.names() }
 func (h *Host) SharedData(key string) (value []byte, cas uint32, ok bool) {
 	v, c, st := h.shared.get(h.cfg.VMID, key)
 	return v, c, st == statusOK
+}
+
+// SharedDataSnapshot copies the host's vm_id store.
+func (h *Host) SharedDataSnapshot() map[string][]byte {
+	h.shared.mu.Lock()
+	defer h.shared.mu.Unlock()
+	out := map[string][]byte{}
+	for k, e := range h.shared.data[h.cfg.VMID] {
+		out[k] = append([]byte(nil), e.value...)
+	}
+	return out
 }
 
 // SharedDataBytes is the sum of key and value lengths in shared data (every vm_id).

@@ -10,8 +10,6 @@ const (
 	statusOK                  = 0
 	statusNotFound            = 1
 	statusBadArgument         = 2
-	statusSerializationFail   = 3
-	statusParseFailure        = 4
 	statusInvalidMemoryAccess = 6
 	statusEmpty               = 7
 	statusCasMismatch         = 8

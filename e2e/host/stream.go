@@ -261,8 +261,9 @@ func (s *stream) finish() {
 	delete(v.streams, s.id)
 }
 
-// await waits for the loop's next outcome, for the client to go away, or for the host to close.
-// While the filter holds the request, Envoy's stream idle timeout applies.
+// await waits for the loop's next outcome, for the client to go away, or for the host to close
+// (then the handler aborts the connection: no answer is better than a made-up one). While the
+// filter holds the request, Envoy's stream idle timeout applies.
 func (s *stream) await(ctx context.Context, held bool) (outcome, bool) {
 	var idle <-chan time.Time
 	if held && s.h.cfg.StreamIdleTimeout > 0 {
@@ -277,7 +278,7 @@ func (s *stream) await(ctx context.Context, held bool) (outcome, bool) {
 		case <-ctx.Done():
 			return outcome{}, false
 		case <-s.h.closing:
-			return outcome{}, false
+			panic(http.ErrAbortHandler)
 		case <-idle:
 			idle = nil
 			s.v.post(s.idleTimeout)
@@ -363,7 +364,7 @@ func (h *Host) proxy(w http.ResponseWriter, r *http.Request, s *stream, req pair
 	case <-h.closing:
 		cancel()
 		(<-results).close()
-		return
+		panic(http.ErrAbortHandler)
 	}
 
 	if s == nil {

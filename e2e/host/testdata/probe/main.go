@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
@@ -140,6 +142,12 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return s.reply(200, "release: "+errText(proxywasm.SetSharedData("release", []byte("1"), 0)))
 	case "local":
 		return s.reply(418, "short and stout")
+	case "sleep":
+		// The Go runtime sleeps and collects garbage through poll_oneoff, which must succeed
+		// (Envoy < 1.39 answered ENOSYS and the runtime aborted).
+		time.Sleep(20 * time.Millisecond)
+		runtime.GC()
+		return s.reply(200, "slept")
 	case "headers":
 		errs := []string{
 			errText(proxywasm.AddHttpRequestHeader("x-added", "1")),
