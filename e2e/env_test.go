@@ -37,6 +37,8 @@ type envOptions struct {
 	// beforeProxy runs after the IdP started and before the proxy does (e.g. to inject a fault
 	// into the first service-account fetch).
 	beforeProxy func(*idp.IdP)
+	// secret overrides the client secret the proxy is given (default: the right one).
+	secret string
 }
 
 const (
@@ -73,6 +75,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 	t.Cleanup(func() { _ = u.Close() })
 
 	secret, _ := p.Client(filterClient)
+	if o.secret != "" {
+		secret.Secret = o.secret
+	}
 	plugin := `{"tokenEndpoint":"` + p.TokenEndpoint() + `","cluster":"idp","clientId":"` + filterClient +
 		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET",` + o.plugin + `}`
 	px, err := host.Start(context.Background(), host.Config{
@@ -94,6 +99,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 	t.Cleanup(func() {
 		e.assertNoSecretInLogs()
 		_ = px.Close()
+		for _, l := range px.Logs() {
+			if l.Host { // a trap, proc_exit or VM reload: the module must never get there
+				t.Errorf("host reported (worker %d): %s", l.Worker, l.Message)
+			}
+		}
 	})
 	return e
 }
