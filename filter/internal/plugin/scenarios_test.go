@@ -639,6 +639,17 @@ func TestInvalidConfigurationRefusesToStart(t *testing.T) {
 		"bad header":        {pluginConfig(`"outputHeader":"bad header"`), "outputHeader"},
 		"negative skew":     {pluginConfig(`"expirySkewSeconds":-1`), "expirySkewSeconds"},
 		"secret env unset":  {`{"tokenEndpoint":"` + testEndpoint + `","clientId":"gateway","clientSecretEnv":"TXF_TEST_UNSET_VAR"}`, "clientSecretEnv"},
+		"both secrets":      {pluginConfig(`"clientSecretEnv":"TXF_TEST_UNSET_VAR"`), "clientSecretEnv"},
+		"cacheSlots zero":   {pluginConfig(`"cacheSlots":0`), "cacheSlots"},
+		"cacheSlots huge":   {pluginConfig(`"cacheSlots":16385`), "cacheSlots"},
+		"duplicate field":   {pluginConfig(`"timeoutMs":100,"timeoutMs":200`), "timeoutMs"},
+		"bad user header":   {pluginConfig(`"tokenExchange":{"enabled":true,"userTokenHeader":":path"}`), "tokenExchange.userTokenHeader"},
+		"exchange not obj":  {pluginConfig(`"tokenExchange":true`), "tokenExchange"},
+		"url with userinfo": {`{"tokenEndpoint":"https://u:p@kc.example.com/token","clientId":"gateway","clientSecret":"x"}`, "tokenEndpoint"},
+		"url with fragment": {`{"tokenEndpoint":"https://kc.example.com/token#x","clientId":"gateway","clientSecret":"x"}`, "tokenEndpoint"},
+		"ftp url":           {`{"tokenEndpoint":"ftp://kc.example.com/token","clientId":"gateway","clientSecret":"x"}`, "tokenEndpoint"},
+		"over-size":         {pluginConfig(`"scope":"` + strings.Repeat("x", 70000) + `"`), ""},
+		"top-level array":   {`[1,2]`, ""},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
