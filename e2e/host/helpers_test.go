@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kagenti/token-exchange-filter/internal/wasmbuild"
 )
 
 // wait is the deadline of every wait on a condition in these tests.
@@ -71,16 +73,12 @@ func guest(t *testing.T, name string) []byte {
 	return m[name]
 }
 
-// realFilter is build/plugin.wasm (make build); tests that need it skip without it.
+// realFilter is the compiled filter: build/plugin.wasm under make test, else a fresh build.
 func realFilter(t *testing.T) []byte {
 	t.Helper()
-	path := os.Getenv("TOKEN_EXCHANGE_WASM")
-	if path == "" {
-		path = "../../build/plugin.wasm"
-	}
-	b, err := os.ReadFile(path)
+	b, err := wasmbuild.Module()
 	if err != nil {
-		t.Skipf("the real filter is not built (run make build): %v", err)
+		t.Fatal(err)
 	}
 	return b
 }
