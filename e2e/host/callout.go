@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -182,15 +181,6 @@ func outboundRequest(ctx context.Context, addr string, hdrs pairs, body io.Reade
 // Go does not keep the order of header lines, so the names are sorted.
 func responsePairs(resp *http.Response) pairs {
 	p := pairs{{":status", strconv.Itoa(resp.StatusCode)}}
-	keys := make([]string, 0, len(resp.Header))
-	for k := range resp.Header {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		for _, val := range resp.Header[k] {
-			p.add(k, val)
-		}
-	}
+	p.addHeader(resp.Header)
 	return p
 }

@@ -2,6 +2,8 @@ package host
 
 import (
 	"encoding/binary"
+	"net/http"
+	"sort"
 	"strings"
 )
 
@@ -122,4 +124,19 @@ func (p pairs) lower() pairs {
 		out[i] = [2]string{strings.ToLower(kv[0]), kv[1]}
 	}
 	return out
+}
+
+// addHeader appends every value of h, names in sorted order: Go's net/http does not keep the
+// wire order, and a stable order keeps what the module sees reproducible.
+func (p *pairs) addHeader(h http.Header) {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, val := range h[k] {
+			p.add(k, val)
+		}
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"io"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -506,16 +505,7 @@ func requestPairs(r *http.Request) pairs {
 		path = r.URL.RequestURI()
 	}
 	p := pairs{{":method", r.Method}, {":path", path}, {":authority", r.Host}, {":scheme", "http"}}
-	keys := make([]string, 0, len(r.Header))
-	for k := range r.Header {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		for _, val := range r.Header[k] {
-			p.add(k, val)
-		}
-	}
+	p.addHeader(r.Header)
 	if len(r.TransferEncoding) > 0 {
 		p.add("transfer-encoding", strings.Join(r.TransferEncoding, ", "))
 	}
