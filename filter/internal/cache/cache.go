@@ -28,6 +28,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"strings"
 )
 
 // Store is the part of the proxy-wasm shared-data API the cache needs. The plugin implements it
@@ -157,7 +158,7 @@ func (c *Cache) Get(k Key, nowMs int64) (token string, ok bool) {
 	id := k.id()
 	for i := range es[:n] {
 		if es[i].id == id {
-			if nowMs < es[i].expiresAtMs {
+			if nowMs < es[i].expiresAtMs && es[i].token[0] != markerPrefix {
 				return string(es[i].token), true
 			}
 			return "", false
@@ -199,6 +200,8 @@ const (
 	opDelete
 	opPutService
 	opDropService
+	opLease
+	opFailure
 )
 
 // op is one read-modify-write. A struct rather than closures keeps apply free of allocations
@@ -211,6 +214,13 @@ type op struct {
 	expiresAtMs int64
 	refreshAtMs int64
 	nowMs       int64
+	matchLease  bool   // opDelete: only if the entry is a lease of owner
+	owner       string // opLease, opDelete with matchLease
+	status      int    // opFailure: strict-mode status
+	// Results of opLease and opFailure.
+	won      bool
+	found    Lookup
+	failures int
 }
 
 // apply runs o against key with compare-and-swap, at most MaxAttempts writes.
@@ -276,6 +286,11 @@ func (o *op) modify(cur []byte) (next []byte, write bool) {
 		return o.modifyPutService(cur)
 	case opDropService:
 		return o.modifyDropService(cur)
+	case opLease:
+		o.token = ""
+		return o.modifyLease(cur)
+	case opFailure:
+		return o.modifyFailure(cur)
 	}
 	return nil, false
 }
@@ -283,7 +298,9 @@ func (o *op) modify(cur []byte) (next []byte, write bool) {
 // done reports whether v, read back after creating the key, already holds the change.
 func (o *op) done(v []byte) bool {
 	switch o.kind {
-	case opPut:
+	case opLease:
+		return o.leaseDone(v)
+	case opPut, opFailure:
 		var es [EntriesPerSlot]entry
 		n, ok := decodeSlot(v, &es)
 		if !ok {
@@ -351,6 +368,9 @@ func (o *op) modifyDelete(cur []byte) ([]byte, bool) {
 			continue
 		}
 		if o.matchToken && string(es[i].token) != o.token {
+			return nil, false
+		}
+		if o.matchLease && !strings.HasPrefix(string(es[i].token), leasePrefix+o.owner+":") {
 			return nil, false
 		}
 		copy(es[i:n], es[i+1:n])

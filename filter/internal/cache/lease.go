@@ -1,0 +1,202 @@
+package cache
+
+import (
+	"strconv"
+	"strings"
+)
+
+// Besides tokens, a slot entry can hold a marker, so that the workers of one Envoy coordinate
+// through the same bounded slots (no key per user, ever):
+//
+//   - a lease "!L<owner>:<failures>": worker <owner> is exchanging this key until the entry's
+//     expiry; the others wait for its result instead of calling the IdP themselves. A lease
+//     whose holder died or timed out simply expires and is taken over.
+//   - a failure "!F<status>:<failures>": the last exchange for this key failed; until the
+//     entry's expiry, requests for it settle at once (fallback, or <status> in strict mode)
+//     instead of calling the IdP again — the back-off. <failures> counts consecutive failures,
+//     carried through the next lease, so the back-off can grow.
+//
+// '!' is outside the token alphabet (the oauth package accepts only token68/JWT characters), so
+// a marker can never be mistaken for a token. Put replaces a marker; a marker never replaces a
+// valid token.
+const (
+	markerPrefix  = '!'
+	leasePrefix   = "!L"
+	failurePrefix = "!F"
+)
+
+// State is what a slot says about one key.
+type State uint8
+
+const (
+	Miss   State = iota // nothing usable: no entry, or an expired one
+	Hit                 // a valid token
+	Leased              // another worker is exchanging it (or we are)
+	Failed              // the last exchange failed; back off until UntilMs
+)
+
+// Lookup is the answer of Look.
+type Lookup struct {
+	State    State
+	Token    string // Hit
+	UntilMs  int64  // Leased, Failed: when the entry expires
+	Owner    string // Leased
+	Status   int    // Failed: the strict-mode status of the failure (401 or 502)
+	Failures int    // Leased, Failed: consecutive failures of this key so far
+}
+
+// Look reads the entry of k at nowMs. Expired leases and failures are a Miss, but Failures
+// still reports their count, so the next failure backs off longer.
+func (c *Cache) Look(k Key, nowMs int64) Lookup {
+	v, _, err := c.store.Get(c.SlotKey(k))
+	if err != nil {
+		return Lookup{}
+	}
+	var es [EntriesPerSlot]entry
+	n, valid := decodeSlot(v, &es)
+	if !valid {
+		return Lookup{}
+	}
+	id := k.id()
+	for i := range es[:n] {
+		if es[i].id == id {
+			return lookupOf(&es[i], nowMs)
+		}
+	}
+	return Lookup{}
+}
+
+func lookupOf(e *entry, nowMs int64) Lookup {
+	live := nowMs < e.expiresAtMs
+	if e.token[0] != markerPrefix {
+		if live {
+			return Lookup{State: Hit, Token: string(e.token), UntilMs: e.expiresAtMs}
+		}
+		return Lookup{}
+	}
+	m := string(e.token)
+	head, count, _ := strings.Cut(m, ":")
+	failures, _ := strconv.Atoi(count)
+	l := Lookup{UntilMs: e.expiresAtMs, Failures: failures}
+	switch {
+	case strings.HasPrefix(head, leasePrefix):
+		l.Owner = head[len(leasePrefix):]
+		if live {
+			l.State = Leased
+		}
+	case strings.HasPrefix(head, failurePrefix):
+		l.Status, _ = strconv.Atoi(head[len(failurePrefix):])
+		if live {
+			l.State = Failed
+		}
+	}
+	return l
+}
+
+// TryLease claims the exchange of k for owner until untilMs, unless the slot already holds a
+// valid token, a live lease of another owner, or a live failure. It returns whether the lease
+// is owner's now, and what the slot held otherwise. Envoy's CAS makes the claim exclusive: of
+// two workers racing for one key, one wins and the other sees its lease.
+func (c *Cache) TryLease(k Key, owner string, untilMs, nowMs int64) (won bool, cur Lookup, err error) {
+	o := op{kind: opLease, id: k.id(), owner: owner, expiresAtMs: untilMs, nowMs: nowMs}
+	err = c.apply(c.SlotKey(k), &o)
+	return o.won, o.found, err
+}
+
+// PutFailure records that the exchange of k failed: requests for k back off until untilMs.
+// strictStatus is the local-reply status strict mode gives them. The consecutive-failure count
+// is one more than the lease or failure the slot held for k.
+func (c *Cache) PutFailure(k Key, strictStatus int, untilMs, nowMs int64) (failures int, err error) {
+	o := op{kind: opFailure, id: k.id(), status: strictStatus, expiresAtMs: untilMs, nowMs: nowMs}
+	err = c.apply(c.SlotKey(k), &o)
+	return o.failures, err
+}
+
+// ReleaseLease removes owner's lease on k (the exchange ended without anything to store), so
+// that waiting workers take over at once instead of waiting for the lease to expire.
+func (c *Cache) ReleaseLease(k Key, owner string) error {
+	o := op{kind: opDelete, id: k.id(), owner: owner, matchLease: true}
+	return c.apply(c.SlotKey(k), &o)
+}
+
+func leaseMarker(owner string, failures int) string {
+	return leasePrefix + owner + ":" + strconv.Itoa(failures)
+}
+
+func failureMarker(status, failures int) string {
+	return failurePrefix + strconv.Itoa(status) + ":" + strconv.Itoa(failures)
+}
+
+// modifyLease decides a lease claim against the current slot value.
+func (o *op) modifyLease(cur []byte) ([]byte, bool) {
+	o.won, o.found = false, Lookup{}
+	var es [EntriesPerSlot]entry
+	if n, ok := decodeSlot(cur, &es); ok {
+		for i := range es[:n] {
+			if es[i].id != o.id {
+				continue
+			}
+			l := lookupOf(&es[i], o.nowMs)
+			o.found = l
+			switch {
+			case l.State == Leased && l.Owner == o.owner:
+				o.won = true
+				return nil, false // already ours
+			case l.State != Miss:
+				return nil, false
+			}
+			o.token = leaseMarker(o.owner, l.Failures)
+		}
+	}
+	if o.token == "" {
+		o.token = leaseMarker(o.owner, 0)
+	}
+	o.won = true
+	return o.modifyPut(cur), true
+}
+
+// modifyFailure writes a failure marker over whatever the slot holds for the key, unless a
+// valid token is there (another worker succeeded meanwhile: keep it).
+func (o *op) modifyFailure(cur []byte) ([]byte, bool) {
+	o.failures = 1
+	var es [EntriesPerSlot]entry
+	if n, ok := decodeSlot(cur, &es); ok {
+		for i := range es[:n] {
+			if es[i].id != o.id {
+				continue
+			}
+			l := lookupOf(&es[i], o.nowMs)
+			if l.State == Hit {
+				o.failures = 0
+				return nil, false
+			}
+			o.failures = l.Failures + 1
+		}
+	}
+	o.token = failureMarker(o.status, o.failures)
+	return o.modifyPut(cur), true
+}
+
+// leaseDone reports, after creating the slot, whether v holds our lease (or the claim lost to
+// something that must stand).
+func (o *op) leaseDone(v []byte) bool {
+	var es [EntriesPerSlot]entry
+	n, ok := decodeSlot(v, &es)
+	if !ok {
+		return false
+	}
+	for i := range es[:n] {
+		if es[i].id == o.id {
+			l := lookupOf(&es[i], o.nowMs)
+			if l.State == Leased && l.Owner == o.owner {
+				return true
+			}
+			if l.State != Miss { // someone else's lease, a token or a failure won the race
+				o.won, o.found = false, l
+				return true
+			}
+			return false
+		}
+	}
+	return false
+}

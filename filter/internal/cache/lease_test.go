@@ -1,0 +1,138 @@
+package cache_test
+
+import (
+	"testing"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache/cachetest"
+)
+
+// Workers coordinate one exchange per key through a lease in the key's slot.
+func TestLeaseIsExclusiveUntilItExpires(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		a, b := cache.New(s, ns, 8), cache.New(s, ns, 8)
+		k := userKey(1)
+		if won, _, err := a.TryLease(k, "A", 1000, 0); !won || err != nil {
+			t.Fatalf("first claim: won=%v err=%v", won, err)
+		}
+		won, cur, _ := b.TryLease(k, "B", 1000, 10)
+		if won || cur.State != cache.Leased || cur.Owner != "A" || cur.UntilMs != 1000 {
+			t.Fatalf("second claim: won=%v cur=%+v, want A's lease", won, cur)
+		}
+		if won, _, _ := a.TryLease(k, "A", 1000, 20); !won {
+			t.Fatalf("the holder's own claim must stand")
+		}
+		if l := b.Look(k, 999); l.State != cache.Leased {
+			t.Fatalf("Look before expiry: %+v", l)
+		}
+		mustMiss(t, b, k, 500) // a lease is never a token
+		// A holder that died: its lease expires and is taken over.
+		if won, _, _ := b.TryLease(k, "B", 3000, 1000); !won {
+			t.Fatalf("expired lease not taken over")
+		}
+	})
+}
+
+// The first token stored ends the lease for everyone; later claims see the token.
+func TestTokenEndsLease(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		a, b := cache.New(s, ns, 8), cache.New(s, ns, 8)
+		k := userKey(2)
+		a.TryLease(k, "A", 1000, 0)
+		mustPut(t, a, k, "tok-2", 5000, 100)
+		if l := b.Look(k, 200); l.State != cache.Hit || l.Token != "tok-2" {
+			t.Fatalf("Look after Put: %+v", l)
+		}
+		won, cur, _ := b.TryLease(k, "B", 1000, 200)
+		if won || cur.State != cache.Hit || cur.Token != "tok-2" {
+			t.Fatalf("claim over a valid token: won=%v %+v", won, cur)
+		}
+	})
+}
+
+// A failure backs the key off until its expiry; consecutive failures are counted across the
+// leases in between; a success resets the count.
+func TestFailureBackOffAndCount(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		a, b := cache.New(s, ns, 8), cache.New(s, ns, 8)
+		k := userKey(3)
+		a.TryLease(k, "A", 1000, 0)
+		if n, err := a.PutFailure(k, 502, 2000, 100); n != 1 || err != nil {
+			t.Fatalf("first failure: count %d err %v", n, err)
+		}
+		l := b.Look(k, 1999)
+		if l.State != cache.Failed || l.Status != 502 || l.UntilMs != 2000 || l.Failures != 1 {
+			t.Fatalf("Look during back-off: %+v", l)
+		}
+		if won, cur, _ := b.TryLease(k, "B", 5000, 1500); won || cur.State != cache.Failed {
+			t.Fatalf("claim during back-off: won=%v %+v", won, cur)
+		}
+		mustMiss(t, b, k, 1500)
+		if won, _, _ := b.TryLease(k, "B", 5000, 2000); !won {
+			t.Fatalf("claim after back-off refused")
+		}
+		if n, _ := b.PutFailure(k, 401, 9000, 2100); n != 2 {
+			t.Fatalf("second consecutive failure counted %d, want 2", n)
+		}
+		b.TryLease(k, "B", 20000, 9000)
+		mustPut(t, b, k, "tok-3", 30000, 9100)
+		mustPut(t, b, k, "tok-3", 30000, 9100)
+		a.Delete(k)
+		a.TryLease(k, "A", 40000, 31000)
+		if n, _ := a.PutFailure(k, 502, 41000, 31000); n != 1 {
+			t.Fatalf("failure after a success counted %d, want 1", n)
+		}
+	})
+}
+
+// A late failure never replaces a token another worker stored meanwhile.
+func TestFailureKeepsValidToken(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		a := cache.New(s, ns, 8)
+		k := userKey(4)
+		mustPut(t, a, k, "tok-4", 5000, 0)
+		if n, err := a.PutFailure(k, 502, 2000, 100); n != 0 || err != nil {
+			t.Fatalf("PutFailure over a token: %d %v", n, err)
+		}
+		mustHit(t, a, k, 200, "tok-4")
+	})
+}
+
+// ReleaseLease removes only the owner's own lease.
+func TestReleaseLease(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		a, b := cache.New(s, ns, 8), cache.New(s, ns, 8)
+		k := userKey(5)
+		a.TryLease(k, "A", 1000, 0)
+		b.ReleaseLease(k, "B")
+		if l := b.Look(k, 10); l.State != cache.Leased {
+			t.Fatalf("another owner released A's lease: %+v", l)
+		}
+		a.ReleaseLease(k, "A")
+		if won, _, _ := b.TryLease(k, "B", 1000, 10); !won {
+			t.Fatalf("released lease not free")
+		}
+	})
+}
+
+// Two workers racing to create a new slot: exactly one holds the lease.
+func TestLeaseRaceOnNewSlot(t *testing.T) {
+	s := cachetest.NewEnvoyStore()
+	a, b := cache.New(s, ns, 1), cache.New(s, ns, 1)
+	k := userKey(6)
+	var bWon bool
+	s.BeforeSet = func(string) {
+		s.BeforeSet = nil
+		bWon, _, _ = b.TryLease(k, "B", 1000, 0) // lands between a's Get and Set
+	}
+	aWon, cur, err := a.TryLease(k, "A", 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aWon == bWon {
+		t.Fatalf("both or neither won: a=%v b=%v", aWon, bWon)
+	}
+	if !aWon && (cur.State != cache.Leased || cur.Owner != "B") {
+		t.Fatalf("a lost but sees %+v", cur)
+	}
+}
