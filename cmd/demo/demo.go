@@ -368,8 +368,11 @@ func (d *demo) selfCheck(ctx context.Context) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	d.say("  ✓ 4. burst of %d concurrent requests with a new token → %d exchange(s) at the IdP, not %d: requests held on a worker share one exchange",
-		burst, d.idp.TokenExchangeCount()-before, burst)
+	n := d.idp.TokenExchangeCount() - before
+	if n != 1 {
+		return fmt.Errorf("4. burst: %d exchanges for one new token, want 1", n)
+	}
+	d.say("  ✓ 4. burst of %d concurrent requests with a new token, spread over the workers → 1 exchange at the IdP", burst)
 
 	// The fallback needs the service-account token: a request without a user token gets it,
 	// waiting for the first fetch if that is still under way.

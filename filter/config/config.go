@@ -25,6 +25,12 @@ const (
 	DefaultCacheSlots        = 1024
 	MinCacheSlots            = 1
 	MaxCacheSlots            = 16384 // worst case about 540 MB of shared data; see cache.SharedBytesBound
+	// After a failed exchange, requests for the same user token settle at once (fallback, or the
+	// strict-mode reply) for this long instead of calling the IdP again; the window doubles with
+	// each consecutive failure up to 16 times it (configuration-class failures start 8 times
+	// longer). 0 turns the back-off off.
+	DefaultFailureBackoffMs = 2000
+	MaxFailureBackoffMs     = 600000
 )
 
 // Endpoint is the token endpoint split into what an HTTP callout needs.
@@ -59,5 +65,6 @@ type Config struct {
 	FallbackToServiceAccount bool // defaults to true
 	OutputHeader             string
 	CacheSlots               uint32
+	FailureBackoffMs         int64
 	TokenExchange            Exchange
 }

@@ -16,7 +16,7 @@ const (
 	fuzzSecretB = "FUZZ-SECRET-BBBB-d93a"
 )
 
-var namespaceRE = regexp.MustCompile(`^txf1:[0-9a-f]{8}$`)
+var namespaceRE = regexp.MustCompile(`^txf2:[0-9a-f]{8}$`)
 
 func FuzzParse(f *testing.F) {
 	seeds := []string{

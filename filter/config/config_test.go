@@ -93,6 +93,7 @@ func TestDefaults(t *testing.T) {
 		FallbackToServiceAccount: true,
 		OutputHeader:             DefaultOutputHeader,
 		CacheSlots:               DefaultCacheSlots,
+		FailureBackoffMs:         DefaultFailureBackoffMs,
 		TokenExchange: Exchange{
 			Enabled:               false,
 			Audience:              "txf",
@@ -128,6 +129,8 @@ func TestValidValues(t *testing.T) {
 		{"outputHeader token chars", []string{"\"outputHeader\":\"x!#$%&'*+-.^_`|~9\""}, func(c *Config) bool { return c.OutputHeader == "x!#$%&'*+-.^_`|~9" }},
 		{"cacheSlots min", []string{`"cacheSlots":1`}, func(c *Config) bool { return c.CacheSlots == MinCacheSlots }},
 		{"cacheSlots max", []string{`"cacheSlots":16384`}, func(c *Config) bool { return c.CacheSlots == MaxCacheSlots }},
+		{"failureBackoffMs off", []string{`"failureBackoffMs":0`}, func(c *Config) bool { return c.FailureBackoffMs == 0 }},
+		{"failureBackoffMs max", []string{`"failureBackoffMs":600000`}, func(c *Config) bool { return c.FailureBackoffMs == MaxFailureBackoffMs }},
 		{"tokenExchange null", []string{`"tokenExchange":null`}, func(c *Config) bool {
 			return !c.TokenExchange.Enabled && c.TokenExchange.Audience == "txf" && c.TokenExchange.RemoveUserTokenHeader
 		}},
@@ -375,6 +378,8 @@ var errorCases = []struct {
 
 	// cacheSlots
 	{"cacheSlots 0", withBase(`"cacheSlots":0`), Errors{{"cacheSlots", "must be an integer between 1 and 16384, got 0"}}},
+	{"failureBackoffMs negative", withBase(`"failureBackoffMs":-1`), Errors{{"failureBackoffMs", "must be an integer between 0 and 600000, got -1"}}},
+	{"failureBackoffMs string", withBase(`"failureBackoffMs":"2s"`), Errors{{"failureBackoffMs", "must be an integer, got string"}}},
 	{"cacheSlots too big", withBase(`"cacheSlots":16385`), Errors{{"cacheSlots", "must be an integer between 1 and 16384, got 16385"}}},
 	{"cacheSlots string", withBase(`"cacheSlots":"1024"`), Errors{{"cacheSlots", "must be an integer, got string"}}},
 
@@ -513,8 +518,8 @@ func TestNamespace(t *testing.T) {
 		return mustParse(t, obj(`"tokenEndpoint":"`+url+`"`, `"clientId":"`+clientID+`"`, fieldSecret)).Namespace()
 	}
 	a := ns("https://kc.example.com/token", "txf")
-	if !regexp.MustCompile(`^txf1:[0-9a-f]{8}$`).MatchString(a) {
-		t.Fatalf("Namespace() = %q, want txf1: and 8 hex digits", a)
+	if !regexp.MustCompile(`^txf2:[0-9a-f]{8}$`).MatchString(a) {
+		t.Fatalf("Namespace() = %q, want txf2: and 8 hex digits", a)
 	}
 	if b := ns("https://kc.example.com/token", "txf"); a != b {
 		t.Errorf("not stable: %q then %q", a, b)

@@ -46,6 +46,7 @@ const (
 	fFallbackToServiceAccount = "fallbackToServiceAccount"
 	fOutputHeader             = "outputHeader"
 	fCacheSlots               = "cacheSlots"
+	fFailureBackoffMs         = "failureBackoffMs"
 	fTokenExchange            = "tokenExchange"
 
 	fEnabled               = "enabled"
@@ -61,7 +62,7 @@ var (
 	topLevelFields = []string{
 		fTokenEndpoint, fCluster, fClientID, fClientSecret, fClientSecretEnv, fClientAuth,
 		fTimeoutMs, fExpirySkewSeconds, fFallbackToServiceAccount, fOutputHeader, fCacheSlots,
-		fTokenExchange,
+		fFailureBackoffMs, fTokenExchange,
 	}
 	exchangeFields = []string{fEnabled, fAudience, fScope, fUserTokenHeader, fRemoveUserTokenHeader}
 )
@@ -107,7 +108,7 @@ func (c *Config) Namespace() string {
 	h.Write(n[:])
 	h.Write([]byte(c.ClientID))
 	sum := h.Sum(nil)
-	return "txf1:" + hex.EncodeToString(sum[:4])
+	return "txf2:" + hex.EncodeToString(sum[:4])
 }
 
 // problem is a FieldError with the ordinal of the top-level key it belongs to, so that
@@ -161,6 +162,7 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		FallbackToServiceAccount: true,
 		OutputHeader:             DefaultOutputHeader,
 		CacheSlots:               DefaultCacheSlots,
+		FailureBackoffMs:         DefaultFailureBackoffMs,
 		TokenExchange: Exchange{
 			UserTokenHeader:       DefaultUserTokenHeader,
 			RemoveUserTokenHeader: true,
@@ -260,6 +262,10 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		case fCacheSlots:
 			if n, ok := p.integer(path, v, MinCacheSlots, MaxCacheSlots); ok {
 				c.CacheSlots = uint32(n)
+			}
+		case fFailureBackoffMs:
+			if n, ok := p.integer(path, v, 0, MaxFailureBackoffMs); ok {
+				c.FailureBackoffMs = n
 			}
 		case fTokenExchange:
 			audienceSet = p.exchange(v, &c.TokenExchange)

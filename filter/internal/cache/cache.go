@@ -15,7 +15,7 @@
 // API:
 //
 //	k := KeyFor(userToken, audience, scope)  // once per request
-//	c := New(store, "txf1:<config hash>", cfg.CacheSlots)
+//	c := New(store, "txf2:<config hash>", cfg.CacheSlots)
 //	c.Get(k, nowMs) / c.Put(k, token, expiresAtMs, nowMs) / c.Delete(k) / c.DeleteToken(k, token)
 //	c.ServiceToken(nowMs) / c.PutServiceToken(t) / c.DropServiceToken(token)
 //	SharedBytesBound(slots, len(namespace))  // worst-case shared-data bytes
@@ -107,7 +107,7 @@ type Cache struct {
 }
 
 // New returns a cache over store whose shared-data keys all start with namespace (e.g.
-// "txf1:1a2b3c4d"; it should change whenever the tokens a configuration would obtain change,
+// "txf2:1a2b3c4d"; it should change whenever the tokens a configuration would obtain change,
 // and stay the same across restarts and workers). slots is the number of slot keys; 0 is taken
 // as 1 rather than failing, as the configuration validates the range.
 func New(store Store, namespace string, slots uint32) *Cache {

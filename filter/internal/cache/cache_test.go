@@ -14,7 +14,7 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache/cachetest"
 )
 
-const ns = "txf1:1a2b3c4d"
+const ns = "txf2:1a2b3c4d"
 
 // forEachStore runs f against Envoy's semantics and the SDK emulator's: the cache must behave
 // the same on both.
@@ -528,20 +528,20 @@ func TestDeleteRace(t *testing.T) {
 
 func TestNamespacesAndSlots(t *testing.T) {
 	s := cachetest.NewEnvoyStore()
-	c1, c2 := cache.New(s, "txf1:aaaaaaaa", 8), cache.New(s, "txf1:bbbbbbbb", 8)
+	c1, c2 := cache.New(s, "txf2:aaaaaaaa", 8), cache.New(s, "txf2:bbbbbbbb", 8)
 	mustPut(t, c1, userKey(1), "t1", 1000, 0)
 	mustMiss(t, c2, userKey(1), 0)
 	for _, key := range s.Keys() {
-		if !strings.HasPrefix(key, "txf1:aaaaaaaa:s:") {
+		if !strings.HasPrefix(key, "txf2:aaaaaaaa:s:") {
 			t.Errorf("unexpected key %q", key)
 		}
 	}
 	k := userKey(1)
-	want := "txf1:aaaaaaaa:s:" + strconv.Itoa(int(binary.BigEndian.Uint32(k[0:4])%8))
+	want := "txf2:aaaaaaaa:s:" + strconv.Itoa(int(binary.BigEndian.Uint32(k[0:4])%8))
 	if got := c1.SlotKey(k); got != want {
 		t.Errorf("SlotKey = %q, want %q", got, want)
 	}
-	if got := c1.ServiceTokenKey(); got != "txf1:aaaaaaaa:sa" {
+	if got := c1.ServiceTokenKey(); got != "txf2:aaaaaaaa:sa" {
 		t.Errorf("ServiceTokenKey = %q", got)
 	}
 	z := cache.New(s, "z", 0) // 0 slots counts as 1

@@ -17,8 +17,12 @@ type Flight struct {
 	// Subject is what the fetch needs (the user token for an exchange). It lives only while
 	// the flight does and is never logged.
 	Subject string
-	// Dispatched is set once the callout is sent; until then the flight waits for the root context.
+	// Dispatched is set once the callout is sent (or the flight waits on another worker); until
+	// then the flight waits for the root context.
 	Dispatched bool
+	// Remote: another worker holds the lease on this key; the flight waits for its result in
+	// shared data instead of calling the IdP.
+	Remote bool
 	// DeadlineMs is when the flight is abandoned if its callout never answered.
 	DeadlineMs int64
 
@@ -88,6 +92,16 @@ func (r *Registry) Get(key string) (*Flight, bool) {
 func (r *Registry) Undispatched(dst []*Flight) []*Flight {
 	for _, f := range r.flights {
 		if !f.Dispatched {
+			dst = append(dst, f)
+		}
+	}
+	return dst
+}
+
+// RemoteFlights appends to dst every flight waiting on another worker's exchange.
+func (r *Registry) RemoteFlights(dst []*Flight) []*Flight {
+	for _, f := range r.flights {
+		if f.Remote {
 			dst = append(dst, f)
 		}
 	}

@@ -66,6 +66,7 @@ type harness struct {
 	host   proxytest.HostEmulator
 	seen   int // callouts already returned by newCallouts
 	runner string
+	vm     *recordingVM // Go runner only
 }
 
 // start loads the plugin with cfg and requires a successful start.
@@ -82,9 +83,11 @@ func start(t testing.TB, runner, cfg string) *harness {
 func load(t testing.TB, runner, cfg string) (*harness, types.OnPluginStartStatus) {
 	t.Helper()
 	var vm types.VMContext
+	var recorder *recordingVM
 	switch runner {
 	case "go":
-		vm = NewVMContext()
+		recorder = &recordingVM{}
+		vm = recorder
 	case "wasm":
 		v, err := wasmVM()
 		if err != nil {
@@ -95,7 +98,7 @@ func load(t testing.TB, runner, cfg string) (*harness, types.OnPluginStartStatus
 	opt := proxytest.NewEmulatorOption().WithVMContext(vm).WithPluginConfiguration([]byte(cfg))
 	host, reset := proxytest.NewHostEmulator(opt)
 	t.Cleanup(reset)
-	h := &harness{t: t, host: host, runner: runner}
+	h := &harness{t: t, host: host, runner: runner, vm: recorder}
 	t.Cleanup(h.assertNoSecretInLogs)
 	if st := host.StartVM(); st != types.OnVMStartStatusOK {
 		t.Fatalf("VM start failed")

@@ -81,14 +81,35 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
-	if cached, ok := r.cache.Get(key, nowMs()); ok {
+	switch cur := r.cache.Look(key, nowMs()); cur.State {
+	case cache.Hit:
 		r.metrics.cacheHit.inc()
-		h.useToken(cached, string(key[:]), "")
-		return h.action()
+		h.useToken(cur.Token, string(key[:]), "")
+	case cache.Failed:
+		// The last exchange of this user token failed moments ago: do not call the IdP again.
+		r.metrics.cacheMiss.inc()
+		h.backedOff(cur.Status)
+	default:
+		r.metrics.cacheMiss.inc()
+		h.hold(string(key[:]), token)
 	}
-	r.metrics.cacheMiss.inc()
-	h.hold(string(key[:]), token)
 	return h.action()
+}
+
+// backedOff settles a request whose user token is in its failure back-off: the service-account
+// token, or in strict mode the reply the failure called for.
+func (h *httpContext) backedOff(strictStatus int) {
+	h.root.metrics.backedOff.inc()
+	if !h.root.cfg.FallbackToServiceAccount {
+		if strictStatus == 401 {
+			h.reply(replyTokenRejected)
+		} else {
+			h.reply(replyExchangeFailed)
+		}
+		return
+	}
+	h.root.metrics.fallbackFailed.inc()
+	h.useServiceToken()
 }
 
 // action is what OnHttpRequestHeaders returns once the request is settled or held.

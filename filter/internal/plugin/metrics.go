@@ -21,6 +21,7 @@ const (
 	metricJoined                 = "token_exchange.requests_joined_inflight"
 	metricServiceSuccess         = "token_exchange.service_token.fetch_success"
 	metricServiceFailure         = "token_exchange.service_token.fetch_failure"
+	metricBackedOff              = "token_exchange.requests_backed_off"
 )
 
 // counter and gauge wrap the SDK's metrics, which panic when the host refuses a call: a metric
@@ -80,6 +81,7 @@ type metrics struct {
 	joined          counter
 	serviceSuccess  counter
 	serviceFailure  counter
+	backedOff       counter
 }
 
 func newMetrics() *metrics {
@@ -97,6 +99,7 @@ func newMetrics() *metrics {
 		joined:          defineCounter(metricJoined),
 		serviceSuccess:  defineCounter(metricServiceSuccess),
 		serviceFailure:  defineCounter(metricServiceFailure),
+		backedOff:       defineCounter(metricBackedOff),
 	}
 	for _, c := range []oauth.Class{oauth.Transient, oauth.SubjectRejected, oauth.Configuration, oauth.Malformed} {
 		m.exchangeFailure[c] = defineCounter(metricExchangeFailurePrefix + c.String())

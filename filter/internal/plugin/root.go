@@ -76,6 +76,8 @@ type rootContext struct {
 
 	// held maps a held request's context id to its stream, so a root callback can resume it.
 	held map[uint32]*httpContext
+	// owner identifies this VM in exchange leases (see cache.TryLease).
+	owner string
 
 	// wakeQueue is this VM's own shared queue. Enqueueing to it from a request gets us into the
 	// root context, where callouts survive the cancellation of the request that asked for them.
@@ -125,7 +127,9 @@ func (r *rootContext) OnPluginStart(int) types.OnPluginStartStatus {
 	for i := range id {
 		id[i] = byte(rand.Uint32())
 	}
-	if q, err := proxywasm.RegisterSharedQueue("token-exchange/wake/" + hex.EncodeToString(id[:])); err == nil {
+	// The same random id names this VM as the holder of exchange leases in shared data.
+	r.owner = hex.EncodeToString(id[:])
+	if q, err := proxywasm.RegisterSharedQueue("token-exchange/wake/" + r.owner); err == nil {
 		r.wakeQueue, r.hasWakeQueue = q, true
 	} else {
 		logError("registering the wake-up queue failed (" + err.Error() + "): callouts will be tied to the requests that start them")
@@ -167,6 +171,7 @@ func (r *rootContext) OnTick() {
 		}
 	}
 	r.refreshServiceToken(now)
+	r.pollRemoteFlights(now)
 	// Backstop for a lost wake-up: a flight still waiting for dispatch is sent from here.
 	if r.flights.Flights() > 0 {
 		var pending [16]*flight.Flight
@@ -229,6 +234,14 @@ func (r *rootContext) dispatch(f *flight.Flight) {
 	if f.Key == serviceFlightKey {
 		body = oauth.ClientCredentialsForm(r.client)
 	} else {
+		// One exchange per key for the whole Envoy: claim the key's lease first. If another
+		// worker holds it, wait for its result; if the result is already there, use it.
+		won, cur, err := r.cache.TryLease(cacheKey(f.Key), r.owner, f.DeadlineMs, now)
+		if err == nil && !won {
+			r.settleFromCache(f, cur, now)
+			return
+		}
+		// err != nil: shared data refused; exchanging without a lease is still correct.
 		body = oauth.ExchangeForm(f.Subject, r.cfg.TokenExchange.Audience, r.cfg.TokenExchange.Scope, r.client)
 	}
 	// The callout ends by the flight's deadline minus the grace, which is the first waiter's deadline.
@@ -306,9 +319,11 @@ func (r *rootContext) finishFlight(f *flight.Flight, tok oauth.Token, fail *oaut
 }
 
 func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
+	k := cacheKey(key)
 	if fail != nil {
+		backoff := r.backOff(k, fail, now)
 		r.warns.warn("exchange:"+fail.Class.String(), now, "token exchange failed: "+fail.String()+
-			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+r.failureOutcome())
+			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+r.failureOutcome()+backoff)
 		for _, ctx := range waiters {
 			if h := r.held[ctx]; h != nil {
 				h.exchangeFailed(fail)
@@ -317,15 +332,86 @@ func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Fa
 		return
 	}
 	if lifeMs, ok := r.lifetimeMs(tok); ok {
-		var k cache.Key
-		copy(k[:], key)
 		if err := r.cache.Put(k, tok.AccessToken, now+lifeMs, now); err != nil {
 			r.warns.warn("cache", now, "storing an exchanged token in shared data failed: "+err.Error())
 		}
+	} else {
+		// Nothing to share: free the key so that other workers' waiters exchange at once.
+		_ = r.cache.ReleaseLease(k, r.owner)
 	}
 	for _, ctx := range waiters {
 		if h := r.held[ctx]; h != nil {
 			h.useToken(tok.AccessToken, key, "")
+		}
+	}
+}
+
+// cacheKey turns a flight key back into the cache key it was made from.
+func cacheKey(key string) (k cache.Key) {
+	copy(k[:], key)
+	return k
+}
+
+// backOff records a failed exchange in the key's slot, so that requests for the key (on every
+// worker) settle at once until the window ends instead of calling the IdP again, and returns a
+// note for the log line. The window doubles with consecutive failures up to 16 times
+// failureBackoffMs; configuration-class failures (every user fails alike) start 8 times longer.
+func (r *rootContext) backOff(k cache.Key, fail *oauth.Failure, now int64) string {
+	base := r.cfg.FailureBackoffMs
+	if base == 0 {
+		_ = r.cache.ReleaseLease(k, r.owner)
+		return ""
+	}
+	failures := r.cache.Look(k, now).Failures + 1
+	window := base << min(failures-1, 4)
+	if fail.Class == oauth.Configuration {
+		window *= 8
+	}
+	window = min(window, int64(config.MaxFailureBackoffMs))
+	if _, err := r.cache.PutFailure(k, fail.StrictStatus(), now+window, now); err != nil {
+		_ = r.cache.ReleaseLease(k, r.owner)
+		return ""
+	}
+	return "; this user token backs off for " + strconv.FormatInt(window, 10) + " ms"
+}
+
+// settleFromCache ends flight f with what another worker left in shared data: its token, its
+// failure, or — while its lease runs — nothing yet, and f waits for it (polled on tick).
+func (r *rootContext) settleFromCache(f *flight.Flight, cur cache.Lookup, now int64) {
+	switch cur.State {
+	case cache.Hit:
+		waiters := r.flights.Finish(f, r.scratch[:0])
+		var buf [32]uint32
+		for _, ctx := range append(buf[:0], waiters...) {
+			if h := r.held[ctx]; h != nil {
+				h.useToken(cur.Token, f.Key, "")
+			}
+		}
+	case cache.Failed:
+		waiters := r.flights.Finish(f, r.scratch[:0])
+		var buf [32]uint32
+		for _, ctx := range append(buf[:0], waiters...) {
+			if h := r.held[ctx]; h != nil {
+				h.backedOff(cur.Status)
+			}
+		}
+	default:
+		f.Remote, f.Dispatched = true, true
+	}
+}
+
+// pollRemoteFlights looks, on each tick, whether the workers this VM waits on have finished;
+// a lease that ended without a result (its holder died, or released it) is taken over.
+func (r *rootContext) pollRemoteFlights(now int64) {
+	var remote [16]*flight.Flight
+	for _, f := range r.flights.RemoteFlights(remote[:0]) {
+		cur := r.cache.Look(cacheKey(f.Key), now)
+		switch cur.State {
+		case cache.Hit, cache.Failed:
+			r.settleFromCache(f, cur, now)
+		case cache.Miss:
+			f.Remote, f.Dispatched = false, false
+			r.dispatch(f)
 		}
 	}
 }

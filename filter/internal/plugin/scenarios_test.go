@@ -339,8 +339,8 @@ func TestScenario6_FailureWarningIsRateLimited(t *testing.T) {
 	forEachRunner(t, func(t *testing.T, runner string) {
 		h := start(t, runner, pluginConfig(exchangeOn))
 		h.serviceTokenReady()
-		for i := 0; i < 20; i++ {
-			id, _ := h.userRequest(testUserToken)
+		for i := 0; i < 20; i++ { // 20 users during an IdP outage
+			id, _ := h.userRequest("USER" + itoa(i) + ".eyJ9.sig")
 			h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "500", "")
 			h.wantForwarded(id, testServiceToken)
 		}
