@@ -67,4 +67,5 @@ type Config struct {
 	CacheSlots               uint32
 	FailureBackoffMs         int64
 	TokenExchange            Exchange
+	Rules                    []Rule // optional per-route settings; see Match
 }

@@ -62,7 +62,7 @@ var (
 	topLevelFields = []string{
 		fTokenEndpoint, fCluster, fClientID, fClientSecret, fClientSecretEnv, fClientAuth,
 		fTimeoutMs, fExpirySkewSeconds, fFallbackToServiceAccount, fOutputHeader, fCacheSlots,
-		fFailureBackoffMs, fTokenExchange,
+		fFailureBackoffMs, fTokenExchange, fRules,
 	}
 	exchangeFields = []string{fEnabled, fAudience, fScope, fUserTokenHeader, fRemoveUserTokenHeader}
 )
@@ -179,6 +179,7 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		secretEnvOK                bool
 		secretEnvOrd               int
 		audienceSet                bool
+		rulesSet                   []ruleSet
 	)
 
 	doc.ForEach(func(key, v gjson.Result) bool {
@@ -269,6 +270,8 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 			}
 		case fTokenExchange:
 			audienceSet = p.exchange(v, &c.TokenExchange)
+		case fRules:
+			c.Rules, rulesSet = p.rules(v)
 		default:
 			p.add(path, unknownField(name, topLevelFields, exchangeFields, exchangePrefix))
 		}
@@ -324,6 +327,7 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 	if !audienceSet {
 		c.TokenExchange.Audience = c.ClientID
 	}
+	c.inheritRules(rulesSet)
 	return c, nil
 }
 

@@ -17,6 +17,8 @@ type Flight struct {
 	// Subject is what the fetch needs (the user token for an exchange). It lives only while
 	// the flight does and is never logged.
 	Subject string
+	// Audience and Scope of the exchange (the matching rule's, or tokenExchange's).
+	Audience, Scope string
 	// Dispatched is set once the callout is sent (or the flight waits on another worker); until
 	// then the flight waits for the root context.
 	Dispatched bool

@@ -39,7 +39,18 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 	defer func() { h.inHeaders = false }()
 	h.deadlineMs = nowMs() + int64(r.cfg.TimeoutMs)
 
-	ex := &r.cfg.TokenExchange
+	ex := r.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
+	if len(r.cfg.Rules) > 0 {
+		authority, _ := proxywasm.GetHttpRequestHeader(":authority")
+		path, _ := proxywasm.GetHttpRequestHeader(":path")
+		rule, ok := r.cfg.Match(authority, path)
+		if !ok {
+			// Not one of ours: no token added, no header removed, no callout.
+			r.metrics.passedThrough.inc()
+			return types.ActionContinue
+		}
+		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
+	}
 	raw, err := proxywasm.GetHttpRequestHeader(ex.UserTokenHeader)
 	present := err == nil && raw != ""
 	if present && ex.RemoveUserTokenHeader {
@@ -91,7 +102,7 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 		h.backedOff(cur.Status)
 	default:
 		r.metrics.cacheMiss.inc()
-		h.hold(string(key[:]), token)
+		h.hold(string(key[:]), token, ex.Audience, ex.Scope)
 	}
 	return h.action()
 }
@@ -122,7 +133,7 @@ func (h *httpContext) action() types.Action {
 
 // hold parks the request on the flight for key, starting the flight when it is the first.
 // subject is what the fetch needs (the user token); "" for the service-account fetch.
-func (h *httpContext) hold(key, subject string) {
+func (h *httpContext) hold(key, subject, audience, scope string) {
 	r := h.root
 	now := nowMs()
 	// An exchange ends by its first request's deadline. The service-account fetch serves everyone
@@ -152,7 +163,7 @@ func (h *httpContext) hold(key, subject string) {
 		r.metrics.joined.inc()
 	}
 	if started {
-		f.Subject = subject
+		f.Subject, f.Audience, f.Scope = subject, audience, scope
 		r.launch(f)
 	}
 }
@@ -176,7 +187,7 @@ func (h *httpContext) useServiceToken() {
 		}
 		return
 	}
-	h.hold(serviceFlightKey, "")
+	h.hold(serviceFlightKey, "", "", "")
 }
 
 // exchangeFailed settles the request after a failed exchange: the service-account token, or

@@ -22,6 +22,7 @@ const (
 	metricServiceSuccess         = "token_exchange.service_token.fetch_success"
 	metricServiceFailure         = "token_exchange.service_token.fetch_failure"
 	metricBackedOff              = "token_exchange.requests_backed_off"
+	metricPassedThrough          = "token_exchange.requests_passed_through"
 )
 
 // counter and gauge wrap the SDK's metrics, which panic when the host refuses a call: a metric
@@ -82,6 +83,7 @@ type metrics struct {
 	serviceSuccess  counter
 	serviceFailure  counter
 	backedOff       counter
+	passedThrough   counter
 }
 
 func newMetrics() *metrics {
@@ -100,6 +102,7 @@ func newMetrics() *metrics {
 		serviceSuccess:  defineCounter(metricServiceSuccess),
 		serviceFailure:  defineCounter(metricServiceFailure),
 		backedOff:       defineCounter(metricBackedOff),
+		passedThrough:   defineCounter(metricPassedThrough),
 	}
 	for _, c := range []oauth.Class{oauth.Transient, oauth.SubjectRejected, oauth.Configuration, oauth.Malformed} {
 		m.exchangeFailure[c] = defineCounter(metricExchangeFailurePrefix + c.String())

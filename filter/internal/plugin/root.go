@@ -242,7 +242,7 @@ func (r *rootContext) dispatch(f *flight.Flight) {
 			return
 		}
 		// err != nil: shared data refused; exchanging without a lease is still correct.
-		body = oauth.ExchangeForm(f.Subject, r.cfg.TokenExchange.Audience, r.cfg.TokenExchange.Scope, r.client)
+		body = oauth.ExchangeForm(f.Subject, f.Audience, f.Scope, r.client)
 	}
 	// The callout ends by the flight's deadline minus the grace, which is the first waiter's deadline.
 	timeout := f.DeadlineMs - flightGraceMs - now
