@@ -28,6 +28,10 @@ func TestE2E_ExchangeOffUsesServiceAccount(t *testing.T) {
 	if n := e.idp.TokenExchangeCount(); n != 0 {
 		t.Fatalf("%d exchanges with exchange off", n)
 	}
+	// Five VMs (4 workers and the main thread) tick, one fetches the token for all of them.
+	if n := e.idp.ClientCredentialsCount(); n != 1 {
+		t.Fatalf("%d service-account fetches, want 1 for the whole Envoy", n)
+	}
 }
 
 // Scenarios 2, 3, 11: each user's request reaches the API with a token exchanged for that user:

@@ -40,6 +40,10 @@ const (
 	saRefreshJitterMaxMs = 10_000
 )
 
+// serviceLeaseKey is the slot entry through which the workers agree on which one fetches the
+// service-account token: one fetch per Envoy at start-up and per refresh, not one per worker.
+var serviceLeaseKey = cache.KeyFor("\x00service-account token fetch", "", "")
+
 // serviceFlightKey names the service-account fetch among the flights. Exchange flights are keyed
 // by 32 raw hash bytes, so this 3-byte key cannot collide with them.
 const serviceFlightKey = "\x00sa"
@@ -160,7 +164,9 @@ func (r *rootContext) OnTick() {
 	var abandoned []*flight.Flight
 	r.scratch, abandoned = r.flights.Expired(now, r.scratch[:0], nil)
 	for _, f := range abandoned {
-		if f.Key == serviceFlightKey {
+		// A wait on another worker's fetch says nothing about the IdP: only our own silent
+		// callout counts as a failed fetch.
+		if f.Key == serviceFlightKey && !f.Remote {
 			// Its callout never answered: for the back-off that is a failed fetch.
 			r.serviceFetchFailed(&oauth.Failure{Class: oauth.Transient, Description: "no answer from the token endpoint"}, now)
 		}
@@ -232,6 +238,10 @@ func (r *rootContext) dispatch(f *flight.Flight) {
 	now := nowMs()
 	var body []byte
 	if f.Key == serviceFlightKey {
+		if won, _, err := r.cache.TryLease(serviceLeaseKey, r.owner, f.DeadlineMs, now); err == nil && !won {
+			f.Remote, f.Dispatched = true, true // another worker is fetching it: wait for its result
+			return
+		}
 		body = oauth.ClientCredentialsForm(r.client)
 	} else {
 		// One exchange per key for the whole Envoy: claim the key's lease first. If another
@@ -405,6 +415,10 @@ func (r *rootContext) settleFromCache(f *flight.Flight, cur cache.Lookup, now in
 func (r *rootContext) pollRemoteFlights(now int64) {
 	var remote [16]*flight.Flight
 	for _, f := range r.flights.RemoteFlights(remote[:0]) {
+		if f.Key == serviceFlightKey {
+			r.pollRemoteServiceFetch(f, now)
+			continue
+		}
 		cur := r.cache.Look(cacheKey(f.Key), now)
 		switch cur.State {
 		case cache.Hit, cache.Failed:
@@ -413,6 +427,27 @@ func (r *rootContext) pollRemoteFlights(now int64) {
 			f.Remote, f.Dispatched = false, false
 			r.dispatch(f)
 		}
+	}
+}
+
+// pollRemoteServiceFetch ends a wait on another worker's service-account fetch once a fresh
+// token is in shared data, or takes the fetch over when that worker's lease is gone.
+func (r *rootContext) pollRemoteServiceFetch(f *flight.Flight, now int64) {
+	if t, ok := r.cache.ServiceToken(now); ok && now < t.RefreshAtMs {
+		r.sa.status, r.sa.failures, r.sa.retryAtMs = saOK, 0, 0
+		r.sa.nextCheckMs = t.RefreshAtMs + r.refreshJitter(t.ExpiresAtMs-now)
+		waiters := r.flights.Finish(f, r.scratch[:0])
+		var buf [32]uint32
+		for _, ctx := range append(buf[:0], waiters...) {
+			if h := r.held[ctx]; h != nil {
+				h.useToken(t.Token, "", t.Token)
+			}
+		}
+		return
+	}
+	if r.cache.Look(serviceLeaseKey, now).State != cache.Leased {
+		f.Remote, f.Dispatched = false, false
+		r.dispatch(f)
 	}
 }
 
@@ -438,6 +473,9 @@ func (r *rootContext) failureOutcome() string {
 }
 
 func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
+	// Done fetching: other workers waiting on this one find the token in shared data, or take
+	// the fetch over after a failure.
+	_ = r.cache.ReleaseLease(serviceLeaseKey, r.owner)
 	if fail != nil {
 		r.serviceFetchFailed(fail, now)
 		// Another worker may have stored a token meanwhile; otherwise 503.

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 )
 
 // The service-account token is fetched once and reused, whatever shape the IdP's answer takes.
@@ -98,4 +100,39 @@ func TestServiceTokenRefreshedAheadOfExpiry(t *testing.T) {
 	h.answer(refresh, "200", tokenBody("SERVICE2.eyJ9.sig", 300))
 	next, _ := h.request()
 	h.wantForwarded(next, "SERVICE2.eyJ9.sig")
+}
+
+// One worker fetches the service-account token; the others wait for it in shared data and take
+// the fetch over if that worker's lease ends without a token (Go runner: the emulator has one
+// VM, so the other worker's lease and token are written into shared data directly).
+func TestServiceTokenFetchedByOneWorker(t *testing.T) {
+	clock := fakeClock(t)
+	t.Run("waits for the other worker's token", func(t *testing.T) {
+		h := start(t, "go", pluginConfig(""))
+		r := h.rootForTest()
+		r.cache.TryLease(serviceLeaseKey, "another-worker", nowMs()+5000, nowMs())
+		h.host.Tick()
+		id, _ := h.request()
+		h.noCallout()
+		h.wantHeld(id)
+		now := nowMs()
+		if err := r.cache.PutServiceToken(cache.ServiceToken{Token: testServiceToken, ExpiresAtMs: now + 300_000, RefreshAtMs: now + 200_000}); err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(tickMs)
+		h.host.Tick()
+		h.wantForwarded(id, testServiceToken)
+		h.noCallout()
+	})
+	t.Run("takes over a lease that ends without a token", func(t *testing.T) {
+		h := start(t, "go", pluginConfig(`"timeoutMs":2000`))
+		r := h.rootForTest()
+		r.cache.TryLease(serviceLeaseKey, "another-worker", nowMs()+300, nowMs())
+		id, _ := h.request()
+		h.noCallout()
+		clock.advance(300)
+		h.host.Tick()
+		h.answer(h.oneCallout("client_credentials"), "200", tokenBody(testServiceToken, 300))
+		h.wantForwarded(id, testServiceToken)
+	})
 }
