@@ -31,6 +31,11 @@ func FuzzDecodeSlot(f *testing.F) {
 	for _, v := range corruptSlots(k1) {
 		f.Add(v)
 	}
+	f.Add(cache.EncodeSlot([]cache.TestEntry{
+		{ID: k1.ID(), ExpiresAtMs: 10, Token: []byte("!Lworker:2")},
+		{ID: k2.ID(), ExpiresAtMs: 10, Token: []byte("!F502:x")},
+		{ID: userKey(3).ID(), ExpiresAtMs: 10, Token: []byte("!")},
+	}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		es, ok := cache.DecodeSlot(data)
 		if ok {
@@ -65,8 +70,15 @@ func FuzzDecodeSlot(f *testing.F) {
 				t.Fatalf("Get returned a token from a value that does not decode: %x", data)
 			case hit && (want == nil || tok != string(want.Token) || want.ExpiresAtMs == math.MinInt64):
 				t.Fatalf("Get returned %q for id %x, not its well-formed live entry", tok, id)
-			case !hit && want != nil && want.ExpiresAtMs != math.MinInt64:
+			case hit && want.Token[0] == '!':
+				t.Fatalf("Get returned a lease or failure marker as a token: %q", tok)
+			case !hit && want != nil && want.ExpiresAtMs != math.MinInt64 && want.Token[0] != '!':
 				t.Fatalf("Get missed the live entry for id %x", id)
+			}
+			// Look and a lease claim never fail on what another version or a bug left there.
+			l := c.Look(keyWithID(id), 0)
+			if l.State == cache.Hit && (want == nil || l.Token != string(want.Token)) {
+				t.Fatalf("Look returned a token that is not the entry's")
 			}
 		}
 		if !bytes.Equal(mustValue(t, s, key), data) {
