@@ -424,8 +424,7 @@ func (r *rootContext) pollRemoteFlights(now int64) {
 		case cache.Hit, cache.Failed:
 			r.settleFromCache(f, cur, now)
 		case cache.Miss:
-			f.Remote, f.Dispatched = false, false
-			r.dispatch(f)
+			r.takeOver(f, now)
 		}
 	}
 }
@@ -446,9 +445,17 @@ func (r *rootContext) pollRemoteServiceFetch(f *flight.Flight, now int64) {
 		return
 	}
 	if r.cache.Look(serviceLeaseKey, now).State != cache.Leased {
-		f.Remote, f.Dispatched = false, false
-		r.dispatch(f)
+		r.takeOver(f, now)
 	}
+}
+
+// takeOver makes a flight that waited on another worker fetch by itself. It gets a full timeout:
+// its requests are still settled by their own deadlines, and a callout cut short would only
+// fail and back the key off.
+func (r *rootContext) takeOver(f *flight.Flight, now int64) {
+	f.Remote, f.Dispatched = false, false
+	f.DeadlineMs = max(f.DeadlineMs, now+int64(r.cfg.TimeoutMs)+flightGraceMs)
+	r.dispatch(f)
 }
 
 // lifetimeMs is how long a fresh token may be used from now: its lifetime minus the skew. A
