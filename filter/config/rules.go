@@ -149,7 +149,10 @@ func (c *Config) inheritRules(set []ruleSet) {
 }
 
 // Match returns the first rule matching a request's :authority and :path. Without rules every
-// request matches the tokenExchange settings (ok is true, rule nil).
+// request matches the tokenExchange settings (ok is true, rule nil). The path is compared as
+// Envoy hands it over, byte for byte (as Envoy's own route "prefix" does): enable
+// normalize_path and merge_slashes in the HTTP connection manager so that "//api" or "/%61pi"
+// cannot slip past a rule.
 func (c *Config) Match(authority, path string) (rule *Rule, ok bool) {
 	if len(c.Rules) == 0 {
 		return nil, true
@@ -174,7 +177,7 @@ func hostOf(authority string) string {
 	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
 		h = h[:i]
 	}
-	return strings.ToLower(h)
+	return strings.ToLower(strings.TrimSuffix(h, "."))
 }
 
 func hostMatches(hosts []string, host string) bool {

@@ -63,6 +63,7 @@ func TestMatch(t *testing.T) {
 		{"anyhost", "/v2/items", 2},
 		{"anyhost", "/v1/items", -1},
 		{"[::1]:8080", "/v2/x", 2},
+		{"api.example.com.", "/agents", 0}, // fully qualified, trailing dot
 	}
 	for _, tc := range cases {
 		r, ok := c.Match(tc.authority, tc.path)

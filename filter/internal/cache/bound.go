@@ -6,6 +6,8 @@ const (
 	MaxSlotValueBytes = SlotHeaderBytes + EntriesPerSlot*(EntryHeaderBytes+MaxTokenBytes)
 	// MaxServiceValueBytes is the largest service-token record.
 	MaxServiceValueBytes = serviceHeaderBytes + MaxTokenBytes
+	// MaxServiceLeaseValueBytes is the largest service-account lease value: one marker entry.
+	MaxServiceLeaseValueBytes = SlotHeaderBytes + EntryHeaderBytes + MaxMarkerBytes
 )
 
 // SharedBytesBound is the most shared data (values plus keys) a Cache with these slots and a
@@ -13,7 +15,7 @@ const (
 // service-token record:
 //
 //	slots*(MaxSlotValueBytes + namespaceLen + 3) + (digits of 0..slots-1)
-//	  + MaxServiceValueBytes + namespaceLen + 3
+//	  + MaxServiceValueBytes + namespaceLen + 3 + MaxServiceLeaseValueBytes + namespaceLen + 3
 //
 // Shared data never deletes a key, so this is also the worst case for the lifetime of the Envoy
 // process, per namespace. The host's own per-key overhead is not counted. slots 0 counts as 1,
@@ -26,6 +28,7 @@ func SharedBytesBound(slots uint32, namespaceLen int) int {
 	total := n * (MaxSlotValueBytes + namespaceLen + len(":s:"))
 	total += decimalDigitsBelow(n)
 	total += MaxServiceValueBytes + namespaceLen + len(":sa")
+	total += MaxServiceLeaseValueBytes + namespaceLen + len(":sl")
 	return total
 }
 

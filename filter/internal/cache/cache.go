@@ -104,6 +104,7 @@ type Cache struct {
 	slots      uint32
 	slotPrefix string // namespace + ":s:"
 	saKey      string // namespace + ":sa"
+	slKey      string // namespace + ":sl": the service-account fetch lease
 }
 
 // New returns a cache over store whose shared-data keys all start with namespace (e.g.
@@ -119,6 +120,7 @@ func New(store Store, namespace string, slots uint32) *Cache {
 		slots:      slots,
 		slotPrefix: namespace + ":s:",
 		saKey:      namespace + ":sa",
+		slKey:      namespace + ":sl",
 	}
 }
 
@@ -338,9 +340,18 @@ func (o *op) modifyPut(cur []byte) []byte {
 		m++
 	}
 	if m == EntriesPerSlot {
-		victim := 0
-		for i := 1; i < m; i++ {
-			if es[i].expiresAtMs < es[victim].expiresAtMs {
+		// Evict the token closest to expiry. Leases and back-off markers go last: they live
+		// seconds, and losing one brings back duplicate exchanges or callouts to a failing IdP,
+		// while an evicted token is merely fetched again.
+		victim := -1
+		for i := 0; i < m; i++ {
+			marker := es[i].token[0] == markerPrefix
+			if victim < 0 {
+				victim = i
+				continue
+			}
+			vMarker := es[victim].token[0] == markerPrefix
+			if (vMarker && !marker) || (vMarker == marker && es[i].expiresAtMs < es[victim].expiresAtMs) {
 				victim = i
 			}
 		}

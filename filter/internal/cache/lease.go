@@ -45,10 +45,31 @@ type Lookup struct {
 	Failures int    // Leased, Failed: consecutive failures of this key so far
 }
 
+// MaxMarkerMs bounds how far ahead a lease or failure may expire (the longest back-off is
+// 600 s). A marker claiming more was not written by this filter and is ignored, so that nothing
+// in shared data can block a key for good.
+const MaxMarkerMs = 600_000 + 60_000
+
+// maxFailures caps the consecutive-failure count read back from shared data.
+const maxFailures = 16
+
+// MaxMarkerBytes bounds a marker's length (owner ids are 16 hex digits).
+const MaxMarkerBytes = 64
+
+// serviceLeaseID is the entry id of the service-account fetch lease in its own key.
+var serviceLeaseID = [16]byte{'s', 'e', 'r', 'v', 'i', 'c', 'e', '-', 'l', 'e', 'a', 's', 'e'}
+
 // Look reads the entry of k at nowMs. Expired leases and failures are a Miss, but Failures
 // still reports their count, so the next failure backs off longer.
-func (c *Cache) Look(k Key, nowMs int64) Lookup {
-	v, _, err := c.store.Get(c.SlotKey(k))
+func (c *Cache) Look(k Key, nowMs int64) Lookup { return c.lookAt(c.SlotKey(k), k.id(), nowMs) }
+
+// LookServiceLease reads the service-account fetch lease (Leased, Failed or Miss).
+func (c *Cache) LookServiceLease(nowMs int64) Lookup {
+	return c.lookAt(c.slKey, serviceLeaseID, nowMs)
+}
+
+func (c *Cache) lookAt(key string, id [16]byte, nowMs int64) Lookup {
+	v, _, err := c.store.Get(key)
 	if err != nil {
 		return Lookup{}
 	}
@@ -57,7 +78,6 @@ func (c *Cache) Look(k Key, nowMs int64) Lookup {
 	if !valid {
 		return Lookup{}
 	}
-	id := k.id()
 	for i := range es[:n] {
 		if es[i].id == id {
 			return lookupOf(&es[i], nowMs)
@@ -77,6 +97,10 @@ func lookupOf(e *entry, nowMs int64) Lookup {
 	m := string(e.token)
 	head, count, _ := strings.Cut(m, ":")
 	failures, _ := strconv.Atoi(count)
+	failures = min(max(failures, 0), maxFailures)
+	if e.expiresAtMs-nowMs > MaxMarkerMs {
+		live = false // not ours: never honour a marker that would block the key for good
+	}
 	l := Lookup{UntilMs: e.expiresAtMs, Failures: failures}
 	switch {
 	case strings.HasPrefix(head, leasePrefix):
@@ -98,8 +122,18 @@ func lookupOf(e *entry, nowMs int64) Lookup {
 // is owner's now, and what the slot held otherwise. Envoy's CAS makes the claim exclusive: of
 // two workers racing for one key, one wins and the other sees its lease.
 func (c *Cache) TryLease(k Key, owner string, untilMs, nowMs int64) (won bool, cur Lookup, err error) {
-	o := op{kind: opLease, id: k.id(), owner: owner, expiresAtMs: untilMs, nowMs: nowMs}
-	err = c.apply(c.SlotKey(k), &o)
+	return c.tryLeaseAt(c.SlotKey(k), k.id(), owner, untilMs, nowMs)
+}
+
+// TryServiceLease claims the service-account fetch for owner, like TryLease. It lives in a key
+// of its own, so that no user token can evict it.
+func (c *Cache) TryServiceLease(owner string, untilMs, nowMs int64) (won bool, cur Lookup, err error) {
+	return c.tryLeaseAt(c.slKey, serviceLeaseID, owner, untilMs, nowMs)
+}
+
+func (c *Cache) tryLeaseAt(key string, id [16]byte, owner string, untilMs, nowMs int64) (bool, Lookup, error) {
+	o := op{kind: opLease, id: id, owner: owner, expiresAtMs: untilMs, nowMs: nowMs}
+	err := c.apply(key, &o)
 	return o.won, o.found, err
 }
 
@@ -107,8 +141,19 @@ func (c *Cache) TryLease(k Key, owner string, untilMs, nowMs int64) (won bool, c
 // strictStatus is the local-reply status strict mode gives them. The consecutive-failure count
 // is one more than the lease or failure the slot held for k.
 func (c *Cache) PutFailure(k Key, strictStatus int, untilMs, nowMs int64) (failures int, err error) {
-	o := op{kind: opFailure, id: k.id(), status: strictStatus, expiresAtMs: untilMs, nowMs: nowMs}
-	err = c.apply(c.SlotKey(k), &o)
+	return c.putFailureAt(c.SlotKey(k), k.id(), strictStatus, untilMs, nowMs)
+}
+
+// PutServiceFailure records a failed service-account fetch in place of its lease: the workers
+// waiting on it answer at once and retry after untilMs.
+func (c *Cache) PutServiceFailure(untilMs, nowMs int64) error {
+	_, err := c.putFailureAt(c.slKey, serviceLeaseID, 503, untilMs, nowMs)
+	return err
+}
+
+func (c *Cache) putFailureAt(key string, id [16]byte, status int, untilMs, nowMs int64) (int, error) {
+	o := op{kind: opFailure, id: id, status: status, expiresAtMs: untilMs, nowMs: nowMs}
+	err := c.apply(key, &o)
 	return o.failures, err
 }
 
@@ -117,6 +162,12 @@ func (c *Cache) PutFailure(k Key, strictStatus int, untilMs, nowMs int64) (failu
 func (c *Cache) ReleaseLease(k Key, owner string) error {
 	o := op{kind: opDelete, id: k.id(), owner: owner, matchLease: true}
 	return c.apply(c.SlotKey(k), &o)
+}
+
+// ReleaseServiceLease removes owner's service-account fetch lease.
+func (c *Cache) ReleaseServiceLease(owner string) error {
+	o := op{kind: opDelete, id: serviceLeaseID, owner: owner, matchLease: true}
+	return c.apply(c.slKey, &o)
 }
 
 func leaseMarker(owner string, failures int) string {

@@ -136,3 +136,65 @@ func TestLeaseRaceOnNewSlot(t *testing.T) {
 		t.Fatalf("a lost but sees %+v", cur)
 	}
 }
+
+// A full slot evicts tokens before live leases and back-off markers.
+func TestMarkersAreEvictedLast(t *testing.T) {
+	s := cachetest.NewEnvoyStore()
+	c := cache.New(s, ns, 1)
+	c.TryLease(userKey(1), "A", 1000, 0)
+	c.PutFailure(userKey(2), 502, 2000, 0)
+	for i := 3; i < 10; i++ {
+		mustPut(t, c, userKey(i), "tok", 100_000, 0)
+	}
+	if l := c.Look(userKey(1), 10); l.State != cache.Leased {
+		t.Fatalf("lease evicted by tokens: %+v", l)
+	}
+	if l := c.Look(userKey(2), 10); l.State != cache.Failed {
+		t.Fatalf("back-off marker evicted by tokens: %+v", l)
+	}
+}
+
+// Markers nobody could have written are not honoured: no key can be blocked for good, and a
+// corrupt count cannot make the back-off computation go wrong.
+func TestForeignMarkersAreIgnored(t *testing.T) {
+	s := cachetest.NewEnvoyStore()
+	c := cache.New(s, ns, 1)
+	k := userKey(1)
+	s.Raw(c.SlotKey(k), cache.EncodeSlot([]cache.TestEntry{{ID: k.ID(), ExpiresAtMs: 1 << 62, Token: []byte("!F502:3")}}))
+	if l := c.Look(k, 0); l.State != cache.Miss {
+		t.Fatalf("marker expiring in 146 million years honoured: %+v", l)
+	}
+	s.Raw(c.SlotKey(k), cache.EncodeSlot([]cache.TestEntry{{ID: k.ID(), ExpiresAtMs: 1000, Token: []byte("!F502:-3")}}))
+	if l := c.Look(k, 0); l.State != cache.Failed || l.Failures != 0 {
+		t.Fatalf("negative failure count read back as %+v", l)
+	}
+	s.Raw(c.SlotKey(k), cache.EncodeSlot([]cache.TestEntry{{ID: k.ID(), ExpiresAtMs: 1000, Token: []byte("!L:99999")}}))
+	if l := c.Look(k, 0); l.Failures != 16 {
+		t.Fatalf("huge failure count not capped: %+v", l)
+	}
+}
+
+// The service-account fetch has a lease of its own key, failure marker included.
+func TestServiceLease(t *testing.T) {
+	s := cachetest.NewEnvoyStore()
+	a, b := cache.New(s, ns, 1), cache.New(s, ns, 1)
+	if won, _, _ := a.TryServiceLease("A", 1000, 0); !won {
+		t.Fatal("first claim")
+	}
+	if won, cur, _ := b.TryServiceLease("B", 1000, 0); won || cur.Owner != "A" {
+		t.Fatalf("second claim: %v %+v", won, cur)
+	}
+	if err := a.PutServiceFailure(3000, 500); err != nil {
+		t.Fatal(err)
+	}
+	if l := b.LookServiceLease(600); l.State != cache.Failed || l.UntilMs != 3000 {
+		t.Fatalf("failed fetch not visible: %+v", l)
+	}
+	if won, _, _ := b.TryServiceLease("B", 9000, 3000); !won {
+		t.Fatal("claim after the failure window")
+	}
+	b.ReleaseServiceLease("B")
+	if l := a.LookServiceLease(3001); l.State != cache.Miss {
+		t.Fatalf("released lease still there: %+v", l)
+	}
+}

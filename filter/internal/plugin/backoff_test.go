@@ -1,9 +1,12 @@
 package plugin
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 )
 
 const exchangeGrant = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -132,4 +135,18 @@ func TestResultOfAnotherWorkerIsPickedUp(t *testing.T) {
 	h.wantForwarded(a, testExchanged)
 	h.wantForwarded(b, testExchanged)
 	h.noCallout()
+}
+
+// A token shared data cannot hold (over 8 KiB) still serves its requests, and the lease is
+// released so that other workers exchange at once instead of waiting on it (Go runner).
+func TestUncacheableTokenReleasesLease(t *testing.T) {
+	h := start(t, "go", pluginConfig(exchangeOn))
+	h.serviceTokenReady()
+	long := "LONG." + strings.Repeat("x", 9000) + ".sig"
+	id, _ := h.userRequest(testUserToken)
+	h.answer(h.oneCallout(exchangeGrant), "200", tokenBody(long, 300))
+	h.wantForwarded(id, long)
+	if l := h.rootForTest().cache.Look(cacheKeyFor(testUserToken), nowMs()); l.State != cache.Miss {
+		t.Fatalf("slot after an uncacheable token: %+v, want nothing (lease released)", l)
+	}
 }

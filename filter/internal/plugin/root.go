@@ -40,10 +40,6 @@ const (
 	saRefreshJitterMaxMs = 10_000
 )
 
-// serviceLeaseKey is the slot entry through which the workers agree on which one fetches the
-// service-account token: one fetch per Envoy at start-up and per refresh, not one per worker.
-var serviceLeaseKey = cache.KeyFor("\x00service-account token fetch", "", "")
-
 // serviceFlightKey names the service-account fetch among the flights. Exchange flights are keyed
 // by 32 raw hash bytes, so this 3-byte key cannot collide with them.
 const serviceFlightKey = "\x00sa"
@@ -124,6 +120,13 @@ func (r *rootContext) OnPluginStart(int) types.OnPluginStartStatus {
 	r.held = map[uint32]*httpContext{}
 	// Strict exchange never uses the service-account token, so it never fetches one.
 	r.sa.needed = !cfg.TokenExchange.Enabled || cfg.FallbackToServiceAccount
+	if len(cfg.Rules) > 0 {
+		// With rules only matching requests are ours: fetch if some rule can use the token.
+		r.sa.needed = false
+		for _, rule := range cfg.Rules {
+			r.sa.needed = r.sa.needed || !rule.Enabled || cfg.FallbackToServiceAccount
+		}
+	}
 
 	// Queue names are per (vm_id, name) and the last registrant gets the wake-ups, so every VM
 	// (one per worker) needs a name of its own.
@@ -238,8 +241,13 @@ func (r *rootContext) dispatch(f *flight.Flight) {
 	now := nowMs()
 	var body []byte
 	if f.Key == serviceFlightKey {
-		if won, _, err := r.cache.TryLease(serviceLeaseKey, r.owner, f.DeadlineMs, now); err == nil && !won {
-			f.Remote, f.Dispatched = true, true // another worker is fetching it: wait for its result
+		// One fetch per Envoy: claim the service lease first, or wait for the worker that has it.
+		if won, cur, err := r.cache.TryServiceLease(r.owner, f.DeadlineMs, now); err == nil && !won {
+			if cur.State == cache.Failed {
+				r.remoteServiceFailure(f, cur)
+				return
+			}
+			f.Remote, f.Dispatched = true, true
 			return
 		}
 		body = oauth.ClientCredentialsForm(r.client)
@@ -341,12 +349,18 @@ func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Fa
 		}
 		return
 	}
-	if lifeMs, ok := r.lifetimeMs(tok); ok {
-		if err := r.cache.Put(k, tok.AccessToken, now+lifeMs, now); err != nil {
+	lifeMs, ok := r.lifetimeMs(tok)
+	stored := false
+	if ok && len(tok.AccessToken) <= cache.MaxTokenBytes {
+		err := r.cache.Put(k, tok.AccessToken, now+lifeMs, now)
+		if err != nil {
 			r.warns.warn("cache", now, "storing an exchanged token in shared data failed: "+err.Error())
 		}
-	} else {
-		// Nothing to share: free the key so that other workers' waiters exchange at once.
+		stored = err == nil
+	}
+	if !stored {
+		// Nothing shared (no time left, too long for an entry, or the write failed): free the
+		// key so that other workers' waiters exchange at once instead of waiting on our lease.
 		_ = r.cache.ReleaseLease(k, r.owner)
 	}
 	for _, ctx := range waiters {
@@ -372,8 +386,8 @@ func (r *rootContext) backOff(k cache.Key, fail *oauth.Failure, now int64) strin
 		_ = r.cache.ReleaseLease(k, r.owner)
 		return ""
 	}
-	failures := r.cache.Look(k, now).Failures + 1
-	window := base << min(failures-1, 4)
+	failures := r.cache.Look(k, now).Failures // 0..16, read back from shared data
+	window := base << uint(min(failures, 4))
 	if fail.Class == oauth.Configuration {
 		window *= 8
 	}
@@ -444,8 +458,26 @@ func (r *rootContext) pollRemoteServiceFetch(f *flight.Flight, now int64) {
 		}
 		return
 	}
-	if r.cache.Look(serviceLeaseKey, now).State != cache.Leased {
+	switch cur := r.cache.LookServiceLease(now); cur.State {
+	case cache.Failed:
+		r.remoteServiceFailure(f, cur)
+	case cache.Miss:
 		r.takeOver(f, now)
+	}
+}
+
+// remoteServiceFailure ends a wait on another worker's service-account fetch that failed: this
+// worker backs off as that one does, and its waiting requests get a token that is still valid
+// or 503 at once.
+func (r *rootContext) remoteServiceFailure(f *flight.Flight, cur cache.Lookup) {
+	r.sa.status = saFailed
+	r.sa.retryAtMs = max(r.sa.retryAtMs, cur.UntilMs)
+	waiters := r.flights.Finish(f, r.scratch[:0])
+	var buf [32]uint32
+	for _, ctx := range append(buf[:0], waiters...) {
+		if h := r.held[ctx]; h != nil {
+			h.useServiceToken()
+		}
 	}
 }
 
@@ -480,11 +512,13 @@ func (r *rootContext) failureOutcome() string {
 }
 
 func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
-	// Done fetching: other workers waiting on this one find the token in shared data, or take
-	// the fetch over after a failure.
-	_ = r.cache.ReleaseLease(serviceLeaseKey, r.owner)
 	if fail != nil {
 		r.serviceFetchFailed(fail, now)
+		// The workers waiting on this fetch learn of the failure from the lease's key and back
+		// off with us, instead of all fetching at once.
+		if err := r.cache.PutServiceFailure(r.sa.retryAtMs, now); err != nil {
+			_ = r.cache.ReleaseServiceLease(r.owner)
+		}
 		// Another worker may have stored a token meanwhile; otherwise 503.
 		for _, ctx := range waiters {
 			if h := r.held[ctx]; h != nil {
@@ -519,6 +553,9 @@ func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, w
 		r.warns.warn("service:lifetime", now, "the service-account token expires within expirySkewSeconds; "+
 			"it serves the waiting requests only (lower expirySkewSeconds or raise the token lifespan)")
 	}
+	// Only now, with the token stored, may waiting workers look: released earlier, they would
+	// find neither lease nor token and fetch again.
+	_ = r.cache.ReleaseServiceLease(r.owner)
 	for _, ctx := range waiters {
 		if h := r.held[ctx]; h != nil {
 			h.useToken(tok.AccessToken, "", tok.AccessToken)

@@ -110,7 +110,7 @@ func TestServiceTokenFetchedByOneWorker(t *testing.T) {
 	t.Run("waits for the other worker's token", func(t *testing.T) {
 		h := start(t, "go", pluginConfig(""))
 		r := h.rootForTest()
-		r.cache.TryLease(serviceLeaseKey, "another-worker", nowMs()+5000, nowMs())
+		r.cache.TryServiceLease("another-worker", nowMs()+5000, nowMs())
 		h.host.Tick()
 		id, _ := h.request()
 		h.noCallout()
@@ -127,7 +127,7 @@ func TestServiceTokenFetchedByOneWorker(t *testing.T) {
 	t.Run("takes over a lease that ends without a token", func(t *testing.T) {
 		h := start(t, "go", pluginConfig(`"timeoutMs":2000`))
 		r := h.rootForTest()
-		r.cache.TryLease(serviceLeaseKey, "another-worker", nowMs()+300, nowMs())
+		r.cache.TryServiceLease("another-worker", nowMs()+300, nowMs())
 		id, _ := h.request()
 		h.noCallout()
 		clock.advance(300)
@@ -135,4 +135,18 @@ func TestServiceTokenFetchedByOneWorker(t *testing.T) {
 		h.answer(h.oneCallout("client_credentials"), "200", tokenBody(testServiceToken, 300))
 		h.wantForwarded(id, testServiceToken)
 	})
+}
+
+// Another worker's failed service-account fetch: this worker answers 503 at once and backs off
+// with it instead of fetching too (Go runner).
+func TestRemoteServiceFetchFailure(t *testing.T) {
+	fakeClock(t)
+	h := start(t, "go", pluginConfig(""))
+	r := h.rootForTest()
+	if err := r.cache.PutServiceFailure(nowMs()+5000, nowMs()); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := h.request()
+	h.noCallout()
+	h.wantReply(id, 503, "temporarily_unavailable")
 }
