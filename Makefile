@@ -38,9 +38,11 @@ run: build
 	$(GO) build -o build/demo ./cmd/demo
 	./build/demo -wasm $(WASM)
 
-## bench: benchmarks of the hot paths (ns/op, allocs/op)
+## bench: Go benchmarks of the hot paths (ns/op, allocs/op), then the end-to-end benchmark in the
+## e2e host with 4 workers, written to build/bench.json (BENCH_USERS, BENCH_OUTAGE shorten it)
 bench: build
 	TOKEN_EXCHANGE_WASM=$(CURDIR)/$(WASM) $(GO) test -run='^$$' -bench=. -benchmem ./...
+	$(GO) run ./e2e/bench -wasm $(WASM) -out build/bench.json
 
 ## fuzz: run each fuzz target for FUZZTIME
 fuzz:

@@ -92,4 +92,8 @@
 //
 // Tests wait on conditions (WaitFor, WaitLog), never on time: every log line, metric change,
 // callout dispatch and shared-data write wakes the waiters.
+//
+// For benchmarks, ModuleTime counts the calls into the module and the time spent inside them,
+// per export and per kind of context (stream or root); StreamModuleTime sums the stream ones;
+// SharedDataBytes and MemoryPages show the memory the module holds.
 package host

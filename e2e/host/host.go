@@ -142,6 +142,7 @@ type Host struct {
 	shared  *sharedData
 	queues  *sharedQueues
 	metrics *metrics
+	timing  moduleTiming
 	vmSeq   atomic.Int64
 	rr      atomic.Uint64
 	workers []*slot

@@ -211,8 +211,14 @@ func (v *vm) call(name string, ctxID uint32, args ...uint64) (uint64, bool, bool
 	}
 	prevCur, prevEff := v.current, v.effective
 	v.current, v.effective = ctxID, 0
+	outer := v.depth == 0
+	kind := CallKind{Export: name, Root: v.streams[ctxID] == nil}
 	v.depth++
+	begin := time.Now()
 	res, err := f.Call(v.ctx, args...)
+	if outer {
+		v.h.timing.add(kind, time.Since(begin))
+	}
 	v.depth--
 	v.current, v.effective = prevCur, prevEff
 	v.pages.Store(v.mod.Memory().Size() / 65536)

@@ -19,8 +19,8 @@
 //	 "issued_token_type" (exchange only),"not-before-policy":0,"scope"}
 //
 // The front handler also counts and records every token request, and injects faults (latency,
-// arbitrary status and body, closed or reset connections, garbage, silence) on demand. Stop and
-// Restart take the server down and bring it back on the same port.
+// arbitrary status and body, closed or reset connections, garbage, silence, or a random Mix of
+// them) on demand. Stop and Restart take the server down and bring it back on the same port.
 //
 // All tokens (password grant, token exchange, client credentials and MintUserToken) are RS256 JWTs
 // created by op.CreateAccessToken with the one signing key of the IdP, published in the JWKS.

@@ -2,6 +2,7 @@ package idp
 
 import (
 	"bufio"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -110,6 +111,45 @@ type Fault struct {
 	Header      http.Header
 	// Count limits the fault to the next Count matching requests; 0 means until cleared.
 	Count int
+	// Mix, when not empty, makes the fault a random draw per matching request (see Mix): the
+	// fields above other than Count are then ignored.
+	Mix []Chance
+}
+
+// Chance is one outcome of a Mix: Fault for a share P (0 to 1) of the requests.
+type Chance struct {
+	P     float64
+	Fault Fault
+}
+
+// Mix is a fault that draws, for each matching request, one of choices at random: choice i with
+// probability choices[i].P (in order; the P should sum to at most 1), else a normal answer. For
+// example 10% errors and 5% answers after 2 s, the other 85% answered normally:
+//
+//	p.SetFault(idp.AllGrants, idp.Mix(
+//		idp.Chance{P: 0.10, Fault: idp.Respond(500, "")},
+//		idp.Chance{P: 0.05, Fault: idp.Latency(2 * time.Second)}))
+//
+// A choice's own Count and Mix are ignored. Count (Times) of the mix counts matching requests,
+// drawn or not. A request the mix answers normally is not handed to the AllGrants fault (a
+// scope's own fault takes precedence, whatever it draws). FaultsApplied counts the requests a
+// choice was drawn for. Draws use math/rand/v2.
+func Mix(choices ...Chance) Fault {
+	return Fault{Mix: append([]Chance(nil), choices...)}
+}
+
+// draw picks a choice of a mix, or false for a normal answer.
+func (f *Fault) draw() (Fault, bool) {
+	x := rand.Float64()
+	for _, c := range f.Mix {
+		if x < c.P {
+			picked := c.Fault
+			picked.Count, picked.Mix = 0, nil
+			return picked, true
+		}
+		x -= c.P
+	}
+	return Fault{}, false
 }
 
 // Latency answers normally after d.
@@ -171,6 +211,13 @@ func (fs *faults) take(grant string) (Fault, bool) {
 			if f.Count == 0 {
 				delete(fs.active, s)
 			}
+		}
+		if len(f.Mix) > 0 {
+			picked, ok := f.draw()
+			if ok {
+				fs.hits++
+			}
+			return picked, ok
 		}
 		fs.hits++
 		return *f, true

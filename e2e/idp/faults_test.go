@@ -317,3 +317,50 @@ func TestStopAndRestart(t *testing.T) {
 		t.Error("Restart after Close")
 	}
 }
+
+func TestFaultMix(t *testing.T) {
+	p := start(t, nil)
+	client := &http.Client{Timeout: 5 * time.Second}
+	cc := clientCredentialsForm(FilterClientID, FilterClientSecret)
+	status := func() int {
+		t.Helper()
+		resp, _, err := send(client, p, cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+
+	// Certain draws: always the first choice; never any choice, and then not the AllGrants fault.
+	p.SetFault(ClientCredentialsOnly, Mix(Chance{P: 1, Fault: Respond(502, "")}, Chance{P: 1, Fault: Respond(503, "")}))
+	if got := status(); got != 502 {
+		t.Errorf("P=1: %d", got)
+	}
+	p.SetFault(AllGrants, Respond(500, "all"))
+	p.SetFault(ClientCredentialsOnly, Mix(Chance{P: 0, Fault: Respond(502, "")}))
+	if got := status(); got != 200 {
+		t.Errorf("P=0 under an AllGrants fault: %d, want a normal answer", got)
+	}
+	p.ClearFaults()
+	before := p.FaultsApplied()
+
+	// Shares: 30% 503, 20% 502 (a choice's own Count is ignored), the rest normal; Times counts
+	// every matching request.
+	const n = 200
+	p.SetFault(ClientCredentialsOnly, Mix(
+		Chance{P: 0.3, Fault: Respond(503, "")},
+		Chance{P: 0.2, Fault: Respond(502, "").Times(1)}).Times(n))
+	got := map[int]int{}
+	for range n {
+		got[status()]++
+	}
+	if got[503] < 30 || got[503] > 90 || got[502] < 15 || got[502] > 70 || got[200] < 60 || got[200] > 140 || len(got) != 3 {
+		t.Errorf("statuses %v of %d requests, want about 60×503, 40×502, 100×200", got, n)
+	}
+	if applied := p.FaultsApplied() - before; applied != got[503]+got[502] {
+		t.Errorf("FaultsApplied grew by %d, want %d", applied, got[503]+got[502])
+	}
+	if s := status(); s != 200 {
+		t.Errorf("after Times(%d): %d", n, s)
+	}
+}
