@@ -100,6 +100,9 @@ func (r *Registry) Undispatched(dst []*Flight) []*Flight {
 	return dst
 }
 
+// Waiting is the number of requests held on f.
+func (f *Flight) Waiting() int { return len(f.waiters) }
+
 // RemoteFlights appends to dst every flight waiting on another worker's exchange.
 func (r *Registry) RemoteFlights(dst []*Flight) []*Flight {
 	for _, f := range r.flights {

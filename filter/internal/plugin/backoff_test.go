@@ -127,6 +127,9 @@ func TestResultOfAnotherWorkerIsPickedUp(t *testing.T) {
 	a, _ := h.userRequest(testUserToken)
 	b, _ := h.userRequest(testUserToken)
 	h.noCallout()
+	if got := h.counter(metricJoined); got != 2 {
+		t.Fatalf("%s = %d, want 2 (both requests joined the other worker's exchange)", metricJoined, got)
+	}
 	if err := r.cache.Put(k, testExchanged, nowMs()+60_000, nowMs()); err != nil {
 		t.Fatal(err)
 	}

@@ -420,7 +420,11 @@ func (r *rootContext) settleFromCache(f *flight.Flight, cur cache.Lookup, now in
 			}
 		}
 	default:
+		// Its requests join the exchange another worker is making.
 		f.Remote, f.Dispatched = true, true
+		for i := 0; i < f.Waiting(); i++ {
+			r.metrics.joined.inc()
+		}
 	}
 }
 
