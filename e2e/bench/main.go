@@ -76,7 +76,7 @@ const (
 	apiAudience   = idp.APIClientID
 	// readmeBound is the README's bound for the default 1024 slots (cache.SharedBytesBound(1024,
 	// len(namespace)) with the namespace of a default configuration).
-	readmeBound = 33_690_573
+	readmeBound = 33_690_681
 	slots       = 1024 // the default cacheSlots: the configuration below leaves it unset
 )
 
