@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -136,32 +134,7 @@ func (s *soak) remember(token string) {
 
 // do is env.do for a soak request (with the x-soak-user header), remembering sampled tokens only.
 func (s *soak) do(ctx context.Context, token, user string) (reply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.e.proxy.URL()+"/api", nil)
-	if err != nil {
-		return reply{}, err
-	}
-	req.Header.Set("x-user-oidc-token", token)
-	req.Header.Set("x-soak-user", user)
-	start := time.Now()
-	resp, err := s.e.client.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	r := reply{status: resp.StatusCode, body: body, elapsed: time.Since(start)}
-	if err != nil {
-		return r, err
-	}
-	if resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("content-type"), "application/json") {
-		if err := json.Unmarshal(body, &r.echo); err != nil {
-			return r, err
-		}
-		if tok := strings.TrimPrefix(r.header("authorization"), "Bearer "); tok != "" {
-			s.remember(tok)
-		}
-	}
-	return r, nil
+	return s.e.send(ctx, "/api", token, s.remember, "x-soak-user", user)
 }
 
 type soakUser struct {
