@@ -76,7 +76,7 @@ const (
 	apiAudience   = idp.APIClientID
 	// readmeBound is the README's bound for the default 1024 slots (cache.SharedBytesBound(1024,
 	// len(namespace)) with the namespace of a default configuration).
-	readmeBound = 33_690_681
+	readmeBound = 33_691_720
 	slots       = 1024 // the default cacheSlots: the configuration below leaves it unset
 )
 
@@ -755,6 +755,7 @@ func (b *bench) largestWorkerPages() int {
 //
 //	slots × (2 + 4 × (26 + 8192) + len(namespace) + 3) + digits of the slot numbers
 //	  + service-token record (8211 + len(namespace) + 3) + service-fetch lease (92 + len(namespace) + 3)
+//	  + waker list (64 × 16 + len(namespace) + 2)
 func boundFor(snapshot map[string][]byte) int {
 	ns := ""
 	for k := range snapshot {
@@ -770,7 +771,7 @@ func boundFor(snapshot map[string][]byte) int {
 	for i := range slots {
 		digits += len(strconv.Itoa(i))
 	}
-	return slots*(2+4*(26+8192)+len(ns)+3) + digits + 8211 + len(ns) + 3 + 92 + len(ns) + 3
+	return slots*(2+4*(26+8192)+len(ns)+3) + digits + 8211 + len(ns) + 3 + 92 + len(ns) + 3 + 64*16 + len(ns) + 2
 }
 
 func printTable(w io.Writer, r *Result) {

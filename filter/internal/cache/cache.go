@@ -105,6 +105,7 @@ type Cache struct {
 	slotPrefix string // namespace + ":s:"
 	saKey      string // namespace + ":sa"
 	slKey      string // namespace + ":sl": the service-account fetch lease
+	wKey       string // namespace + ":w": the waker list
 }
 
 // New returns a cache over store whose shared-data keys all start with namespace (e.g.
@@ -121,6 +122,7 @@ func New(store Store, namespace string, slots uint32) *Cache {
 		slotPrefix: namespace + ":s:",
 		saKey:      namespace + ":sa",
 		slKey:      namespace + ":sl",
+		wKey:       namespace + ":w",
 	}
 }
 

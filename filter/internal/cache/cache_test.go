@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -685,7 +686,7 @@ func TestServiceTokenRace(t *testing.T) {
 
 func TestSharedBytesBoundValue(t *testing.T) {
 	// 1024 × (32874 + 13 + 3) + (10×1 + 90×2 + 900×3 + 24×4) + 8211 + 13 + 3
-	if got, want := cache.SharedBytesBound(1024, len(ns)), 33690681; got != want {
+	if got, want := cache.SharedBytesBound(1024, len(ns)), 33691720; got != want {
 		t.Fatalf("SharedBytesBound(1024, %d) = %d, want %d", len(ns), got, want)
 	}
 	if cache.SharedBytesBound(0, 1) != cache.SharedBytesBound(1, 1) {
@@ -716,6 +717,11 @@ func TestSharedBytesBoundTight(t *testing.T) {
 	}
 	if won, _, err := c.TryServiceLease("0123456789abcdef", 1000, 0); !won || err != nil {
 		t.Fatal(won, err)
+	}
+	for i := 0; i < cache.MaxWakers+3; i++ { // the waker list is full and stays full
+		if err := c.RegisterWaker(fmt.Sprintf("%016x", i)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Tight to the byte but for the service lease's marker, whose length the bound caps at
 	// MaxMarkerBytes while a real one is shorter.

@@ -1,6 +1,7 @@
 package cache_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
@@ -197,4 +198,28 @@ func TestServiceLease(t *testing.T) {
 	if l := a.LookServiceLease(3001); l.State != cache.Miss {
 		t.Fatalf("released lease still there: %+v", l)
 	}
+}
+
+// The waker list keeps each VM once, the newest MaxWakers of them.
+func TestWakers(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		for _, o := range []string{"aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaa"} {
+			if err := c.RegisterWaker(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := c.Wakers(nil); len(got) != 2 || got[0] != "aaaaaaaaaaaaaaaa" || got[1] != "bbbbbbbbbbbbbbbb" {
+			t.Fatalf("wakers %v", got)
+		}
+		for i := 0; i < cache.MaxWakers; i++ {
+			c.RegisterWaker(strings.Repeat(string(rune('c'+i%20)), 15) + string(rune('A'+i%26)))
+		}
+		if got := c.Wakers(nil); len(got) != cache.MaxWakers || got[0] == "aaaaaaaaaaaaaaaa" {
+			t.Fatalf("waker list not bounded to the newest %d: %d entries, first %q", cache.MaxWakers, len(got), got[0])
+		}
+		if err := c.RegisterWaker("short"); err == nil {
+			t.Fatal("an owner id of the wrong length was accepted")
+		}
+	})
 }

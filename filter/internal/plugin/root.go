@@ -76,8 +76,10 @@ type rootContext struct {
 
 	// held maps a held request's context id to its stream, so a root callback can resume it.
 	held map[uint32]*httpContext
-	// owner identifies this VM in exchange leases (see cache.TryLease).
+	// owner identifies this VM in exchange leases (see cache.TryLease) and in the waker list.
 	owner string
+	// vmID is the vm_id other VMs' wake-up queues are registered under.
+	vmID string
 
 	// wakeQueue is this VM's own shared queue. Enqueueing to it from a request gets us into the
 	// root context, where callouts survive the cancellation of the request that asked for them.
@@ -136,8 +138,15 @@ func (r *rootContext) OnPluginStart(int) types.OnPluginStartStatus {
 	}
 	// The same random id names this VM as the holder of exchange leases in shared data.
 	r.owner = hex.EncodeToString(id[:])
-	if q, err := proxywasm.RegisterSharedQueue("token-exchange/wake/" + r.owner); err == nil {
+	if q, err := proxywasm.RegisterSharedQueue(wakeQueuePrefix + r.owner); err == nil {
 		r.wakeQueue, r.hasWakeQueue = q, true
+		// Other workers wake this one when a token it may wait for lands in shared data.
+		if v, err := proxywasm.GetProperty([]string{"plugin_vm_id"}); err == nil {
+			r.vmID = string(v)
+		}
+		if err := r.cache.RegisterWaker(r.owner); err != nil {
+			logInfo("joining the waker list failed (" + err.Error() + "): waits on other workers end on tick")
+		}
 	} else {
 		logError("registering the wake-up queue failed (" + err.Error() + "): callouts will be tied to the requests that start them")
 	}
@@ -205,6 +214,8 @@ func (r *rootContext) OnQueueReady(queueID uint32) {
 	for _, f := range r.flights.Undispatched(pending[:0]) {
 		r.dispatch(f)
 	}
+	// Or another worker finished an exchange this one waits for.
+	r.pollRemoteFlights(nowMs())
 }
 
 // enterRoot marks a root callback; the returned func restores the previous state (the SDK's
@@ -213,6 +224,24 @@ func (r *rootContext) enterRoot() func() {
 	prev := r.inRoot
 	r.inRoot = true
 	return func() { r.inRoot = prev }
+}
+
+// wakeQueuePrefix + owner names each VM's wake-up queue.
+const wakeQueuePrefix = "token-exchange/wake/"
+
+// wakeOthers tells the other VMs of this plugin that a token or failure landed in shared data,
+// so that requests waiting on this worker's exchange resume now instead of at their next tick.
+// Called once per finished exchange; a VM that is gone has no queue any more and is skipped.
+func (r *rootContext) wakeOthers() {
+	var buf [8]string
+	for _, owner := range r.cache.Wakers(buf[:0]) {
+		if owner == r.owner {
+			continue
+		}
+		if q, err := proxywasm.ResolveSharedQueue(r.vmID, wakeQueuePrefix+owner); err == nil {
+			_ = proxywasm.EnqueueSharedQueue(q, wakeMessage)
+		}
+	}
 }
 
 // wakeMessage is what the wake-up queue carries; only its arrival matters (the SDK refuses an
@@ -340,6 +369,7 @@ func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Fa
 	k := cacheKey(key)
 	if fail != nil {
 		backoff := r.backOff(k, fail, now)
+		defer r.wakeOthers()
 		r.warns.warn("exchange:"+fail.Class.String(), now, "token exchange failed: "+fail.String()+
 			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+r.failureOutcome()+backoff)
 		for _, ctx := range waiters {
@@ -363,6 +393,7 @@ func (r *rootContext) exchangeResult(key string, tok oauth.Token, fail *oauth.Fa
 		// key so that other workers' waiters exchange at once instead of waiting on our lease.
 		_ = r.cache.ReleaseLease(k, r.owner)
 	}
+	defer r.wakeOthers()
 	for _, ctx := range waiters {
 		if h := r.held[ctx]; h != nil {
 			h.useToken(tok.AccessToken, key, "")
@@ -523,6 +554,7 @@ func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, w
 		if err := r.cache.PutServiceFailure(r.sa.retryAtMs, now); err != nil {
 			_ = r.cache.ReleaseServiceLease(r.owner)
 		}
+		r.wakeOthers()
 		// Another worker may have stored a token meanwhile; otherwise 503.
 		for _, ctx := range waiters {
 			if h := r.held[ctx]; h != nil {
@@ -560,6 +592,7 @@ func (r *rootContext) serviceTokenResult(tok oauth.Token, fail *oauth.Failure, w
 	// Only now, with the token stored, may waiting workers look: released earlier, they would
 	// find neither lease nor token and fetch again.
 	_ = r.cache.ReleaseServiceLease(r.owner)
+	r.wakeOthers()
 	for _, ctx := range waiters {
 		if h := r.held[ctx]; h != nil {
 			h.useToken(tok.AccessToken, "", tok.AccessToken)
