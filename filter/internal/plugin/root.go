@@ -354,10 +354,7 @@ func (r *rootContext) finishFlight(f *flight.Flight, tok oauth.Token, fail *oaut
 		}
 		return
 	}
-	waiters := r.flights.Finish(f, r.scratch[:0])
-	// Settling a waiter can start a new flight and reuse scratch: work on a copy.
-	var buf [32]uint32
-	waiters = append(buf[:0], waiters...)
+	waiters := r.finish(f)
 	if key == serviceFlightKey {
 		r.serviceTokenResult(tok, fail, waiters, now)
 	} else {
@@ -435,21 +432,9 @@ func (r *rootContext) backOff(k cache.Key, fail *oauth.Failure, now int64) strin
 func (r *rootContext) settleFromCache(f *flight.Flight, cur cache.Lookup, now int64) {
 	switch cur.State {
 	case cache.Hit:
-		waiters := r.flights.Finish(f, r.scratch[:0])
-		var buf [32]uint32
-		for _, ctx := range append(buf[:0], waiters...) {
-			if h := r.held[ctx]; h != nil {
-				h.useToken(cur.Token, f.Key, "")
-			}
-		}
+		r.settleEach(f, func(h *httpContext) { h.useToken(cur.Token, f.Key, "") })
 	case cache.Failed:
-		waiters := r.flights.Finish(f, r.scratch[:0])
-		var buf [32]uint32
-		for _, ctx := range append(buf[:0], waiters...) {
-			if h := r.held[ctx]; h != nil {
-				h.backedOff(cur.Status)
-			}
-		}
+		r.settleEach(f, func(h *httpContext) { h.backedOff(cur.Status) })
 	default:
 		// Its requests join the exchange another worker is making.
 		f.Remote, f.Dispatched = true, true
@@ -484,13 +469,7 @@ func (r *rootContext) pollRemoteServiceFetch(f *flight.Flight, now int64) {
 	if t, ok := r.cache.ServiceToken(now); ok && now < t.RefreshAtMs {
 		r.sa.status, r.sa.failures, r.sa.retryAtMs = saOK, 0, 0
 		r.sa.nextCheckMs = t.RefreshAtMs + r.refreshJitter(t.ExpiresAtMs-now)
-		waiters := r.flights.Finish(f, r.scratch[:0])
-		var buf [32]uint32
-		for _, ctx := range append(buf[:0], waiters...) {
-			if h := r.held[ctx]; h != nil {
-				h.useToken(t.Token, "", t.Token)
-			}
-		}
+		r.settleEach(f, func(h *httpContext) { h.useToken(t.Token, "", t.Token) })
 		return
 	}
 	switch cur := r.cache.LookServiceLease(now); cur.State {
@@ -507,13 +486,24 @@ func (r *rootContext) pollRemoteServiceFetch(f *flight.Flight, now int64) {
 func (r *rootContext) remoteServiceFailure(f *flight.Flight, cur cache.Lookup) {
 	r.sa.status = saFailed
 	r.sa.retryAtMs = max(r.sa.retryAtMs, cur.UntilMs)
-	waiters := r.flights.Finish(f, r.scratch[:0])
-	var buf [32]uint32
-	for _, ctx := range append(buf[:0], waiters...) {
+	r.settleEach(f, (*httpContext).useServiceToken)
+}
+
+// settleEach ends f and settles each of its requests whose stream still exists.
+func (r *rootContext) settleEach(f *flight.Flight, settle func(h *httpContext)) {
+	for _, ctx := range r.finish(f) {
 		if h := r.held[ctx]; h != nil {
-			h.useServiceToken()
+			settle(h)
 		}
 	}
+}
+
+// finish ends f and returns its held requests. They are copied out of scratch: settling one can
+// start a new flight, which reuses scratch.
+func (r *rootContext) finish(f *flight.Flight) []uint32 {
+	waiters := r.flights.Finish(f, r.scratch[:0])
+	var buf [32]uint32
+	return append(buf[:0], waiters...)
 }
 
 // takeOver makes a flight that waited on another worker fetch by itself. It gets a full timeout:
