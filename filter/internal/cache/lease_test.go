@@ -209,17 +209,53 @@ func TestWakers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got := c.Wakers(nil); len(got) != 2 || got[0] != "aaaaaaaaaaaaaaaa" || got[1] != "bbbbbbbbbbbbbbbb" {
+		if got := c.Wakers(nil, 0); len(got) != 2 || got[0] != "aaaaaaaaaaaaaaaa" || got[1] != "bbbbbbbbbbbbbbbb" {
 			t.Fatalf("wakers %v", got)
 		}
 		for i := 0; i < cache.MaxWakers; i++ {
 			c.RegisterWaker(strings.Repeat(string(rune('c'+i%20)), 15) + string(rune('A'+i%26)))
 		}
-		if got := c.Wakers(nil); len(got) != cache.MaxWakers || got[0] == "aaaaaaaaaaaaaaaa" {
+		if got := c.Wakers(nil, 0); len(got) != cache.MaxWakers || got[0] == "aaaaaaaaaaaaaaaa" {
 			t.Fatalf("waker list not bounded to the newest %d: %d entries, first %q", cache.MaxWakers, len(got), got[0])
 		}
 		if err := c.RegisterWaker("short"); err == nil {
 			t.Fatal("an owner id of the wrong length was accepted")
+		}
+	})
+}
+
+// A VM that stops renewing (a dead canary, a VM of an old configuration) leaves the waker list
+// once its record is stale, and the VM that renews next is told, so it can drain its queue.
+func TestWakerHeartbeatAgesOutDeadVMs(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		const live, dead = "aaaaaaaaaaaaaaaa", "dddddddddddddddd"
+		mustBeat := func(owner string, now int64) []string {
+			t.Helper()
+			gone, err := c.Heartbeat(owner, now, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return gone
+		}
+		mustBeat(dead, 1000)
+		mustBeat(live, 1000)
+		if got := c.Wakers(nil, 1000+cache.WakerStaleMs-1); len(got) != 2 {
+			t.Fatalf("both VMs renewed lately, wakers %v", got)
+		}
+		if gone := mustBeat(live, 1000+cache.WakerStaleMs-1); len(gone) != 0 {
+			t.Fatalf("a live VM was dropped: %v", gone)
+		}
+		if got := c.Wakers(nil, 1000+cache.WakerStaleMs); len(got) != 1 || got[0] != live {
+			t.Fatalf("a stale record is still woken: %v", got)
+		}
+		if gone := mustBeat(live, 1000+cache.WakerStaleMs); len(gone) != 1 || gone[0] != dead {
+			t.Fatalf("the renewing VM was not told of the dead one: %v", gone)
+		}
+		// A record far in the future (another writer, or a clock that stepped back) is stale too.
+		mustBeat(dead, 1_000_000)
+		if got := c.Wakers(nil, 6000); len(got) != 0 {
+			t.Fatalf("a record from the far future counts as live: %v", got)
 		}
 	})
 }

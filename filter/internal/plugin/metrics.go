@@ -3,7 +3,7 @@ package plugin
 import (
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 
-	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+	"github.com/kagenti/token-exchange-filter/filter/internal/coord"
 )
 
 // Metric names, all under token_exchange. (Envoy exports them as wasmcustom.token_exchange.*).
@@ -67,62 +67,50 @@ func (g gauge) add(delta int64) {
 	g.id.Add(delta)
 }
 
+// metrics maps coord's metrics to the host's: a counter each, the held requests a gauge.
 type metrics struct {
-	exchangeSuccess counter
-	exchangeFailure [oauth.Malformed + 1]counter // by failure class
-	cacheHit        counter
-	cacheMiss       counter
-	fallbackNoToken counter
-	fallbackInvalid counter
-	fallbackFailed  counter
-	reply401        counter
-	reply502        counter
-	reply503        counter
-	held            gauge
-	joined          counter
-	serviceSuccess  counter
-	serviceFailure  counter
-	backedOff       counter
-	passedThrough   counter
+	counters [coord.NumMetrics]counter
+	held     gauge
+}
+
+// metricNames names each of coord's metrics.
+var metricNames = [coord.NumMetrics]string{
+	coord.ExchangeSuccess:                metricExchangeSuccess,
+	coord.ExchangeFailureTransient:       metricExchangeFailurePrefix + "transient",
+	coord.ExchangeFailureSubjectRejected: metricExchangeFailurePrefix + "subject_rejected",
+	coord.ExchangeFailureConfiguration:   metricExchangeFailurePrefix + "configuration",
+	coord.ExchangeFailureMalformed:       metricExchangeFailurePrefix + "malformed",
+	coord.CacheHit:                       metricCacheHit,
+	coord.CacheMiss:                      metricCacheMiss,
+	coord.FallbackNoUserToken:            metricFallbackNoUserToken,
+	coord.FallbackInvalidUserToken:       metricFallbackInvalidToken,
+	coord.FallbackExchangeFailed:         metricFallbackExchangeFailed,
+	coord.Reply401:                       metricReplyPrefix + "401",
+	coord.Reply502:                       metricReplyPrefix + "502",
+	coord.Reply503:                       metricReplyPrefix + "503",
+	coord.RequestsHeld:                   metricHeld,
+	coord.RequestsJoined:                 metricJoined,
+	coord.ServiceFetchSuccess:            metricServiceSuccess,
+	coord.ServiceFetchFailure:            metricServiceFailure,
+	coord.RequestsBackedOff:              metricBackedOff,
+	coord.RequestsPassedThrough:          metricPassedThrough,
 }
 
 func newMetrics() *metrics {
-	m := &metrics{
-		exchangeSuccess: defineCounter(metricExchangeSuccess),
-		cacheHit:        defineCounter(metricCacheHit),
-		cacheMiss:       defineCounter(metricCacheMiss),
-		fallbackNoToken: defineCounter(metricFallbackNoUserToken),
-		fallbackInvalid: defineCounter(metricFallbackInvalidToken),
-		fallbackFailed:  defineCounter(metricFallbackExchangeFailed),
-		reply401:        defineCounter(metricReplyPrefix + "401"),
-		reply502:        defineCounter(metricReplyPrefix + "502"),
-		reply503:        defineCounter(metricReplyPrefix + "503"),
-		held:            defineGauge(metricHeld),
-		joined:          defineCounter(metricJoined),
-		serviceSuccess:  defineCounter(metricServiceSuccess),
-		serviceFailure:  defineCounter(metricServiceFailure),
-		backedOff:       defineCounter(metricBackedOff),
-		passedThrough:   defineCounter(metricPassedThrough),
-	}
-	for _, c := range []oauth.Class{oauth.Transient, oauth.SubjectRejected, oauth.Configuration, oauth.Malformed} {
-		m.exchangeFailure[c] = defineCounter(metricExchangeFailurePrefix + c.String())
+	m := &metrics{held: defineGauge(metricHeld)}
+	for i, name := range metricNames {
+		if coord.Metric(i) != coord.RequestsHeld {
+			m.counters[i] = defineCounter(name)
+		}
 	}
 	return m
 }
 
-func (m *metrics) exchangeFailed(c oauth.Class) {
-	if int(c) < len(m.exchangeFailure) {
-		m.exchangeFailure[c].inc()
-	}
-}
-
-func (m *metrics) replied(status uint32) {
-	switch status {
-	case 401:
-		m.reply401.inc()
-	case 502:
-		m.reply502.inc()
-	case 503:
-		m.reply503.inc()
+func (m *metrics) add(metric coord.Metric, delta int64) {
+	switch {
+	case metric == coord.RequestsHeld:
+		m.held.add(delta)
+	case metric < coord.NumMetrics:
+		m.counters[metric].inc()
 	}
 }

@@ -1,10 +1,6 @@
-package plugin
+package coord
 
-import (
-	"strconv"
-
-	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
-)
+import "strconv"
 
 // logPrefix starts every line the filter writes, so operators can grep Envoy's log for it.
 const logPrefix = "token-exchange: "
@@ -20,14 +16,14 @@ type warnLimiter struct {
 	suppressed map[string]int
 }
 
-func newWarnLimiter() *warnLimiter {
-	return &warnLimiter{lastMs: map[string]int64{}, suppressed: map[string]int{}}
+func newWarnLimiter() warnLimiter {
+	return warnLimiter{lastMs: map[string]int64{}, suppressed: map[string]int{}}
 }
 
 // warn logs msg under kind unless a line of that kind was written less than a window ago.
 // msg must never contain a token or secret: callers pass fingerprints and sanitised IdP text.
-func (l *warnLimiter) warn(kind string, nowMs int64, msg string) {
-	if last, ok := l.lastMs[kind]; ok && nowMs-last < warnWindowMs {
+func (l *warnLimiter) warn(w *Worker, kind string, nowMs int64, msg string) {
+	if last, ok := l.lastMs[kind]; ok && nowMs-last < warnWindowMs && nowMs >= last {
 		l.suppressed[kind]++
 		return
 	}
@@ -36,9 +32,5 @@ func (l *warnLimiter) warn(kind string, nowMs int64, msg string) {
 	}
 	l.lastMs[kind] = nowMs
 	l.suppressed[kind] = 0
-	proxywasm.LogWarn(logPrefix + msg)
+	w.host.Log(Warn, logPrefix+msg)
 }
-
-func logDebug(msg string) { proxywasm.LogDebug(logPrefix + msg) }
-func logInfo(msg string)  { proxywasm.LogInfo(logPrefix + msg) }
-func logError(msg string) { proxywasm.LogError(logPrefix + msg) }

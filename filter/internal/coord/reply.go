@@ -1,6 +1,4 @@
-package plugin
-
-import "github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+package coord
 
 // A local reply is the filter answering the client itself. Bodies are constant strings: nothing
 // from the request or the IdP is echoed, so no token can leak through them.
@@ -31,7 +29,7 @@ var (
 	}
 )
 
-func (r localReply) send() {
+func (r localReply) send(w *Worker) {
 	headers := [][2]string{
 		{"content-type", "application/json"},
 		{"cache-control", "no-store"},
@@ -39,7 +37,15 @@ func (r localReply) send() {
 	if r.wwwAuthenticate != "" {
 		headers = append(headers, [2]string{"www-authenticate", r.wwwAuthenticate})
 	}
-	if err := proxywasm.SendHttpResponse(r.status, headers, []byte(r.body), -1); err != nil {
-		logError("sending the local reply failed: " + err.Error())
+	if err := w.host.SendReply(r.status, headers, []byte(r.body)); err != nil {
+		w.logError("sending the local reply failed: " + err.Error())
+	}
+	switch r.status {
+	case 401:
+		w.count(Reply401)
+	case 502:
+		w.count(Reply502)
+	case 503:
+		w.count(Reply503)
 	}
 }

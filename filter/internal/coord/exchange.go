@@ -1,0 +1,135 @@
+package coord
+
+import (
+	"strconv"
+
+	"github.com/kagenti/token-exchange-filter/filter/config"
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
+	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
+	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+)
+
+// exchangeSource fetches a token for one user token (RFC 8693 token exchange). Its flights are
+// keyed by the cache key; its lease and back-off marker live in the key's cache slot.
+type exchangeSource struct{ w *Worker }
+
+func (s *exchangeSource) claim(f *flight.Flight, now int64) bool {
+	// One exchange per key for the whole Envoy: claim the key's lease first. If another
+	// worker holds it, wait for its result; if the result is already there, use it.
+	won, cur, err := s.w.Cache.TryLease(cacheKey(f.Key), s.w.owner, f.DeadlineMs, now)
+	if err == nil && !won {
+		s.settleFromCache(f, cur)
+		return false
+	}
+	// err != nil: shared data refused; exchanging without a lease is still correct.
+	return true
+}
+
+func (s *exchangeSource) form(f *flight.Flight) []byte {
+	return oauth.ExchangeForm(f.Subject, f.Audience, f.Scope, s.w.client)
+}
+
+func (s *exchangeSource) count(fail *oauth.Failure) {
+	if fail == nil {
+		s.w.count(ExchangeSuccess)
+	} else if m, ok := exchangeFailureMetric(fail.Class); ok {
+		s.w.count(m)
+	}
+}
+
+func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure, waiters []uint32, now int64) {
+	w := s.w
+	k := cacheKey(key)
+	defer w.wakeOthers()
+	if fail != nil {
+		backoff := s.backOff(k, fail, now)
+		w.warns.warn(w, "exchange:"+fail.Class.String(), now, "token exchange failed: "+fail.String()+
+			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+w.failureOutcome()+backoff)
+		w.settleIDs(waiters, func(req *Request) { req.exchangeFailed(fail) })
+		return
+	}
+	lifeMs, ok := w.lifetimeMs(tok)
+	stored := false
+	if ok && len(tok.AccessToken) <= cache.MaxTokenBytes {
+		err := w.Cache.Put(k, tok.AccessToken, now+lifeMs, now)
+		if err != nil {
+			w.warns.warn(w, "cache", now, "storing an exchanged token in shared data failed: "+err.Error())
+		}
+		stored = err == nil
+	}
+	if !stored {
+		// Nothing shared (no time left, too long for an entry, or the write failed): free the
+		// key so that other workers' waiters exchange at once instead of waiting on our lease.
+		_ = w.Cache.ReleaseLease(k, w.owner)
+	}
+	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, key, "") })
+}
+
+// backOff records a failed exchange in the key's slot, so that requests for the key (on every
+// worker) settle at once until the window ends instead of calling the IdP again, and returns a
+// note for the log line. The window doubles with consecutive failures up to 16 times
+// failureBackoffMs; configuration-class failures (every user fails alike) start 8 times longer.
+func (s *exchangeSource) backOff(k cache.Key, fail *oauth.Failure, now int64) string {
+	w := s.w
+	base := w.cfg.FailureBackoffMs
+	if base == 0 {
+		_ = w.Cache.ReleaseLease(k, w.owner)
+		return ""
+	}
+	failures := w.Cache.Look(k, now).Failures // 0..16, read back from shared data
+	window := base << uint(min(failures, 4))
+	if fail.Class == oauth.Configuration {
+		window *= 8
+	}
+	window = min(window, int64(config.MaxFailureBackoffMs))
+	if _, err := w.Cache.PutFailure(k, fail.StrictStatus(), now+window, now); err != nil {
+		_ = w.Cache.ReleaseLease(k, w.owner)
+		return ""
+	}
+	return "; this user token backs off for " + strconv.FormatInt(window, 10) + " ms"
+}
+
+// settleFromCache ends flight f with what another worker left in shared data: its token, its
+// failure, or — while its lease runs — nothing yet, and f waits for it.
+func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup) {
+	w := s.w
+	switch cur.State {
+	case cache.Hit:
+		w.settleEach(f, func(req *Request) { req.useToken(cur.Token, f.Key, "") })
+	case cache.Failed:
+		w.settleEach(f, func(req *Request) { req.backedOff(cur.Status) })
+	default:
+		// Its requests join the exchange another worker is making.
+		f.Remote, f.Dispatched = true, true
+		for i := 0; i < f.Waiting(); i++ {
+			w.count(RequestsJoined)
+		}
+	}
+}
+
+func (s *exchangeSource) poll(f *flight.Flight, now int64) {
+	cur := s.w.Cache.Look(cacheKey(f.Key), now)
+	switch cur.State {
+	case cache.Hit, cache.Failed:
+		s.settleFromCache(f, cur)
+	case cache.Miss:
+		s.w.takeOver(f, now)
+	}
+}
+
+// abandoned: a wait on an exchange says nothing more than the requests' own timeouts do.
+func (s *exchangeSource) abandoned(*flight.Flight, int64) {}
+
+func (s *exchangeSource) expired(req *Request) {
+	req.exchangeFailed(&oauth.Failure{Class: oauth.Transient, Description: "timed out waiting for the token exchange"})
+}
+
+// An exchange ends by its first request's deadline.
+func (s *exchangeSource) flightDeadline(req *Request, _ int64) int64 {
+	return req.deadlineMs + FlightGraceMs
+}
+
+func (s *exchangeSource) full(req *Request) {
+	req.deadlineExpired = true
+	req.exchangeFailed(&oauth.Failure{Class: oauth.Transient})
+}

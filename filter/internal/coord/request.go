@@ -1,0 +1,267 @@
+package coord
+
+import (
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
+	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+)
+
+// Request is one HTTP stream. It only decides on request and response headers: bodies,
+// including streamed ones, pass through untouched.
+type Request struct {
+	id uint32
+	w  *Worker
+
+	// inHeaders is true while OnRequestHeaders runs: a request settled then continues by
+	// returning Continue, not by ResumeRequest (it was never paused).
+	inHeaders bool
+	// settled: the request got its token or a local reply; replied: the latter.
+	settled, replied bool
+	// deadlineMs is when a held request must be settled, whatever happens to its flight.
+	deadlineMs int64
+	// deadlineExpired: the wait ran out; a fallback may not wait again.
+	deadlineExpired bool
+	// waitingFor is the flight key the request is held on, while held.
+	waitingFor string
+	// done: the host ended the stream; nothing may touch it again.
+	done bool
+
+	// What the request was sent upstream with, for dropping it on an upstream 401.
+	usedKey     string // cache key of an exchanged token
+	usedToken   string // that exchanged token
+	usedService string // the service-account token
+}
+
+// NewRequest returns the state of stream id.
+func (w *Worker) NewRequest(id uint32) *Request { return &Request{id: id, w: w} }
+
+// Settled reports whether the request got its token or a local reply; Replied the latter.
+func (req *Request) Settled() bool { return req.settled }
+func (req *Request) Replied() bool { return req.replied }
+
+// OnRequestHeaders decides the request: token now (Continue), held or answered (Pause).
+func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
+	w := req.w
+	req.inHeaders = true
+	defer func() { req.inHeaders = false }()
+	now := w.host.NowMs()
+	req.deadlineMs = now + int64(w.cfg.TimeoutMs)
+
+	ex := w.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
+	if len(w.cfg.Rules) > 0 {
+		authority, _ := hdr.Get(":authority")
+		path, _ := hdr.Get(":path")
+		rule, ok := w.cfg.Match(authority, path)
+		if !ok {
+			// Not one of ours: no token added, no header removed, no callout.
+			w.count(RequestsPassedThrough)
+			return Continue
+		}
+		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
+	}
+	raw, present := hdr.Get(ex.UserTokenHeader)
+	present = present && raw != ""
+	if present && ex.RemoveUserTokenHeader {
+		// Before anything else, and with exchange off too: whatever happens next, the user's
+		// token never goes upstream (a roll-back to enabled:false must not start leaking it).
+		hdr.Remove(ex.UserTokenHeader)
+	}
+	if !ex.Enabled {
+		req.useServiceToken()
+		return req.action()
+	}
+	token := raw
+	if present && ex.UserTokenHeader == "authorization" {
+		var isBearer bool
+		if token, isBearer = oauth.BearerToken(raw); !isBearer {
+			present = false // another scheme (Basic, …) carries no user token
+		}
+	}
+	switch {
+	case !present:
+		w.logDebug("no user token in " + ex.UserTokenHeader + ": " + w.failureOutcomeShort())
+		if !w.cfg.FallbackToServiceAccount {
+			req.reply(replyTokenMissing)
+		} else {
+			w.count(FallbackNoUserToken)
+			req.useServiceToken()
+		}
+		return req.action()
+	case !oauth.ValidUserToken(token):
+		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
+			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
+		if !w.cfg.FallbackToServiceAccount {
+			req.reply(replyTokenRejected)
+		} else {
+			w.count(FallbackInvalidUserToken)
+			req.useServiceToken()
+		}
+		return req.action()
+	}
+
+	key := cache.KeyFor(token, ex.Audience, ex.Scope)
+	switch cur := w.Cache.Look(key, now); cur.State {
+	case cache.Hit:
+		w.count(CacheHit)
+		req.useToken(cur.Token, string(key[:]), "")
+	case cache.Failed:
+		// The last exchange of this user token failed moments ago: do not call the IdP again.
+		w.count(CacheMiss)
+		req.backedOff(cur.Status)
+	default:
+		w.count(CacheMiss)
+		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
+	}
+	return req.action()
+}
+
+// action is what OnRequestHeaders returns once the request is settled or held.
+func (req *Request) action() Action {
+	if req.settled && !req.replied {
+		return Continue
+	}
+	return Pause // held, or answered locally
+}
+
+// backedOff settles a request whose user token is in its failure back-off: the service-account
+// token, or in strict mode the reply the failure called for.
+func (req *Request) backedOff(strictStatus int) {
+	w := req.w
+	w.count(RequestsBackedOff)
+	if !w.cfg.FallbackToServiceAccount {
+		if strictStatus == 401 {
+			req.reply(replyTokenRejected)
+		} else {
+			req.reply(replyExchangeFailed)
+		}
+		return
+	}
+	w.count(FallbackExchangeFailed)
+	req.useServiceToken()
+}
+
+// useServiceToken sends the request on with the service-account token, holds it until the
+// first fetch finishes, or answers 503 when the last fetch failed and no valid token is left.
+func (req *Request) useServiceToken() {
+	w := req.w
+	sa := &w.service
+	now := w.host.NowMs()
+	if t, ok := sa.token(now); ok {
+		req.useToken(t, "", t)
+		return
+	}
+	if sa.status == saFailed || req.deadlineExpired {
+		req.reply(replyNoToken)
+		// A fresh attempt may start in the background, but this request does not wait for it.
+		if now >= sa.retryAtMs {
+			if _, running := w.flights.Get(serviceFlightKey); !running {
+				sa.start(now)
+			}
+		}
+		return
+	}
+	w.hold(req, serviceFlightKey, sa, "", "", "")
+}
+
+// exchangeFailed settles the request after a failed exchange: the service-account token, or
+// in strict mode the local reply the failure calls for.
+func (req *Request) exchangeFailed(fail *oauth.Failure) {
+	w := req.w
+	if !w.cfg.FallbackToServiceAccount {
+		if fail.StrictStatus() == 401 {
+			req.reply(replyTokenRejected)
+		} else {
+			req.reply(replyExchangeFailed)
+		}
+		return
+	}
+	w.count(FallbackExchangeFailed)
+	req.useServiceToken()
+}
+
+// useToken writes the token into the output header and lets the request go upstream.
+func (req *Request) useToken(token, usedKey, usedService string) {
+	w := req.w
+	if !req.release() {
+		return
+	}
+	if err := w.host.SetRequestHeader(w.cfg.OutputHeader, "Bearer "+token); err != nil {
+		w.logError("writing " + w.cfg.OutputHeader + " failed: " + err.Error())
+	}
+	req.usedKey, req.usedService = usedKey, usedService
+	if usedKey != "" {
+		req.usedToken = token
+	}
+	req.settled = true
+	if !req.inHeaders {
+		if err := w.host.ResumeRequest(); err != nil {
+			w.logError("resuming a held request failed: " + err.Error())
+		}
+	}
+}
+
+// reply answers the request locally.
+func (req *Request) reply(rep localReply) {
+	if !req.release() {
+		return
+	}
+	rep.send(req.w)
+	req.settled, req.replied = true, true
+}
+
+// release forgets the request in the hold tables and, when called from a root callback, makes
+// its stream the target of the host calls that follow. It reports false when the stream is
+// gone: then nothing may be written, or it would land on another stream.
+func (req *Request) release() bool {
+	req.unhold()
+	if req.done {
+		req.settled = true
+		return false
+	}
+	if req.w.inRoot {
+		if err := req.w.host.Focus(req.id); err != nil {
+			req.settled = true
+			return false
+		}
+	}
+	return true
+}
+
+func (req *Request) unhold() {
+	if req.waitingFor == "" {
+		return
+	}
+	w := req.w
+	w.flights.Drop(req.id)
+	delete(w.held, req.id)
+	req.waitingFor = ""
+	w.host.Count(RequestsHeld, -1)
+}
+
+// OnResponseHeaders drops the token the upstream refused (401) so that the next request
+// fetches a fresh one. status reads the response's :status.
+func (req *Request) OnResponseHeaders(status func() (string, bool)) {
+	if req.usedKey == "" && req.usedService == "" {
+		return
+	}
+	if s, ok := status(); !ok || s != "401" {
+		return
+	}
+	w := req.w
+	if req.usedKey != "" {
+		// Only if it still holds the token we sent: another worker may have stored a fresh one.
+		_ = w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken)
+		w.logDebug("upstream answered 401: dropped the cached exchanged token")
+	}
+	if req.usedService != "" {
+		w.service.dropped(req.usedService)
+		w.logDebug("upstream answered 401: dropped service-account token " + oauth.Fingerprint(req.usedService))
+	}
+}
+
+// OnDone: the host ended the stream. A held request's flight goes on for the others and the
+// cache; the stream itself is never touched again (Envoy may still accept calls on it for a
+// while, see ENVOY-HOST.md).
+func (req *Request) OnDone() {
+	req.unhold()
+	req.done = true
+}
