@@ -13,7 +13,7 @@ import (
 const (
 	// Retry back-off of the service-account fetch after a failure (ServiceRetryMinMs doubling).
 	ServiceRetryMinMs = 1_000
-	saRetryMaxMs = 30_000
+	saRetryMaxMs      = 30_000
 	// saUnknownLifetimeMs is how long a service-account token whose answer gave no expiry (no
 	// expires_in, not a JWT) is used before it is fetched again.
 	saUnknownLifetimeMs = 60_000

@@ -102,7 +102,7 @@ type simEnvoy struct {
 // simStats counts what the schedules did, so a run shows it exercised the paths it checks.
 type simStats struct{ requests, callouts, answered, exchanged, service, replies, lost int }
 
-func userToken(u int) string      { return "utok" + strconv.Itoa(u) + "x" }
+func userToken(u int) string         { return "utok" + strconv.Itoa(u) + "x" }
 func exchangedFor(sub string) string { return "xtok-" + sub }
 
 func (e *simEnvoy) failf(format string, args ...any) {

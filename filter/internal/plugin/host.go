@@ -35,7 +35,9 @@ func newWasmHost() *wasmHost {
 func (*wasmHost) NowMs() int64   { return nowMs() }
 func (*wasmHost) Random() uint64 { return rand.Uint64() }
 
-func (*wasmHost) RegisterQueue(name string) (uint32, error) { return proxywasm.RegisterSharedQueue(name) }
+func (*wasmHost) RegisterQueue(name string) (uint32, error) {
+	return proxywasm.RegisterSharedQueue(name)
+}
 func (h *wasmHost) ResolveQueue(name string) (uint32, error) {
 	return proxywasm.ResolveSharedQueue(h.vmID, name)
 }
