@@ -97,6 +97,10 @@ type simEnvoy struct {
 	outage bool
 	quiet  int64
 	stats  *simStats
+	// lastFail is when the last failed answer for a subject arrived (0: none since a success),
+	// for the back-off invariant; backStepped: the clock went back since.
+	lastFail    map[string]int64
+	backStepped bool
 }
 
 // simStats counts what the schedules did, so a run shows it exercised the paths it checks.
@@ -170,6 +174,10 @@ func (h simHost) Dispatch(_ string, _ [][2]string, body []byte, timeoutMs uint32
 	}
 	e.stats.callouts++
 	c := &simCallout{vm: h.vm, subject: form.Get("subject_token"), dueWallMs: e.wall + int64(timeoutMs), onAnswer: onAnswer}
+	if at := e.lastFail[c.subject]; c.subject != "" && at != 0 && e.wall < at+int64(e.cfg.FailureBackoffMs) &&
+		!e.backStepped && e.lost == 0 && e.cfg.CacheSlots > simSlots {
+		e.failf("an exchange callout %d ms after the key's failed exchange, inside its back-off of %d ms", e.wall-at, e.cfg.FailureBackoffMs)
+	}
 	if c.subject != "" {
 		for _, o := range e.callouts {
 			if o.subject == c.subject && !o.backStep && e.lost == 0 {
@@ -318,6 +326,13 @@ func (e *simEnvoy) answer(i int) {
 		a = Answer{NumHeaders: 3, Status: 200, Body: []byte(`{"access_token":"` + exchangedFor(c.subject) + `","expires_in":` + strconv.Itoa(5+e.rng.IntN(120)) + `}`)}
 	}
 	e.stats.answered++
+	if c.subject != "" {
+		if a.Status == 200 && len(a.Body) > 20 {
+			e.lastFail[c.subject] = 0
+		} else {
+			e.lastFail[c.subject] = e.wall
+		}
+	}
 	c.onAnswer(a)
 	c.vm.current = nil
 }
@@ -391,6 +406,7 @@ func (e *simEnvoy) step(traffic bool) {
 	case traffic && k == 97 && e.rng.IntN(4) == 0:
 		// The wall clock steps back (NTP): leases and deadlines look longer.
 		e.wall -= int64(1 + e.rng.IntN(2000))
+		e.backStepped = true
 		for _, c := range e.callouts {
 			c.backStep = true
 		}
@@ -457,7 +473,7 @@ func (e *simEnvoy) check() {
 			e.failf("%s: held gauge %d, table %d", vm.name, vm.held, vm.w.Held())
 		}
 	}
-	if got, bound := e.store.Bytes(), cache.SharedBytesBound(simSlots, len(e.cfg.Namespace())); got > bound {
+	if got, bound := e.store.Bytes(), cache.SharedBytesBound(e.cfg.CacheSlots, len(e.cfg.Namespace())); got > bound {
 		e.failf("shared data %d bytes, bound %d", got, bound)
 	}
 	if n := e.deadQueueItems(); n > maxDeadQueueItems {
@@ -475,9 +491,15 @@ func (e *simEnvoy) deadQueueItems() int {
 	return n
 }
 
-func simConfig(t *testing.T, fallback bool) *config.Config {
+// simConfig: few slots make users evict each other (markers included); many slots keep every
+// key's back-off marker, so the back-off invariant can be checked exactly.
+func simConfig(t *testing.T, fallback, manySlots bool) *config.Config {
+	slots := simSlots
+	if manySlots {
+		slots = 1024
+	}
 	js := `{"tokenEndpoint":"http://idp:8080/realms/r/protocol/openid-connect/token","clientId":"gw",` +
-		`"clientSecret":"sim-secret","timeoutMs":` + strconv.Itoa(simTimeoutMs) + `,"cacheSlots":` + strconv.Itoa(simSlots) +
+		`"clientSecret":"sim-secret","timeoutMs":` + strconv.Itoa(simTimeoutMs) + `,"cacheSlots":` + strconv.Itoa(slots) +
 		`,"fallbackToServiceAccount":` + strconv.FormatBool(fallback) + `,"tokenExchange":{"enabled":true}}`
 	cfg, err := config.Parse([]byte(js), func(string) (string, bool) { return "", false })
 	if err != nil {
@@ -491,7 +513,7 @@ func runSim(t *testing.T, seed uint64, steps int, st *simStats) int {
 	e := &simEnvoy{stats: st,
 		t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		wall: 1_800_000_000_000, store: cachetest.NewEnvoyStore(),
-		cfg: simConfig(t, seed%4 != 0), queues: map[uint32]*simQueue{}, byName: map[string]uint32{},
+		cfg: simConfig(t, seed%4 != 0, seed%2 == 1), lastFail: map[string]int64{}, queues: map[uint32]*simQueue{}, byName: map[string]uint32{},
 	}
 	e.startVM("main", false)
 	canary := e.startVM("canary", false)
@@ -512,7 +534,8 @@ func runSim(t *testing.T, seed uint64, steps int, st *simStats) int {
 	}
 	// Traffic stops: everything settles, tables empty, dead VMs' queues drained.
 	e.outage = false
-	for i := 0; i < 400 && (len(e.callouts) > 0 || e.pendingWakes() > 0 || e.wallQuietFor() < 8000); i++ {
+	// Idle until every dead VM's waker record is stale (the clock may have stepped back), 40 s at most.
+	for i := 0; i < 800 && (len(e.callouts) > 0 || e.pendingWakes() > 0 || e.wallQuietFor() < 8000 || e.deadQueueItems() > 0); i++ {
 		e.steps++
 		for len(e.callouts) > 0 {
 			e.answer(0)
@@ -597,7 +620,7 @@ func TestSimulation(t *testing.T) {
 	}
 	t.Logf("simulation: %d schedules, %d steps explored; %d requests: %d with an exchanged token, %d with the service-account token, %d answered locally; %d callouts (%d answered, %d lost)",
 		seeds, total, st.requests, st.exchanged, st.service, st.replies, st.callouts, st.answered, st.lost)
-	if st.exchanged == 0 || st.service == 0 || st.replies == 0 || st.answered == 0 {
+	if seeds >= 100 && (st.exchanged == 0 || st.service == 0 || st.replies == 0 || st.answered == 0) {
 		t.Fatalf("the schedules missed a path: %+v", *st)
 	}
 }

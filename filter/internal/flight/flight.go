@@ -6,7 +6,10 @@
 // instead of growing, and the caller falls back as on any failure.
 package flight
 
-import "errors"
+import (
+	"errors"
+	"slices"
+)
 
 // ErrFull means the registry holds its maximum of requests or flights.
 var ErrFull = errors.New("flight: too many held requests")
@@ -41,7 +44,11 @@ type Registry struct {
 	maxHeld    int
 	maxFlights int
 	flights    map[string]*Flight
-	held       map[uint32]hold
+	// order lists the flights in the order they started: every walk over the flights follows
+	// it, so that one input always gives the same callouts in the same order (the coordinator's
+	// simulation replays a seed exactly; map order would not).
+	order []*Flight
+	held  map[uint32]hold
 }
 
 // New returns an empty registry bounded to maxHeld requests and maxFlights flights.
@@ -66,6 +73,7 @@ func (r *Registry) Hold(ctx uint32, key string, deadlineMs, flightDeadlineMs int
 	if f == nil {
 		f = &Flight{Key: key, DeadlineMs: flightDeadlineMs}
 		r.flights[key] = f
+		r.order = append(r.order, f)
 		started = true
 	}
 	f.waiters = append(f.waiters, ctx)
@@ -81,6 +89,7 @@ func (r *Registry) Start(key string, flightDeadlineMs int64) *Flight {
 	}
 	f := &Flight{Key: key, DeadlineMs: flightDeadlineMs}
 	r.flights[key] = f
+	r.order = append(r.order, f)
 	return f
 }
 
@@ -92,7 +101,7 @@ func (r *Registry) Get(key string) (*Flight, bool) {
 
 // Undispatched appends to dst every flight still waiting to be dispatched.
 func (r *Registry) Undispatched(dst []*Flight) []*Flight {
-	for _, f := range r.flights {
+	for _, f := range r.order {
 		if !f.Dispatched {
 			dst = append(dst, f)
 		}
@@ -105,7 +114,7 @@ func (f *Flight) Waiting() int { return len(f.waiters) }
 
 // RemoteFlights appends to dst every flight waiting on another worker's exchange.
 func (r *Registry) RemoteFlights(dst []*Flight) []*Flight {
-	for _, f := range r.flights {
+	for _, f := range r.order {
 		if f.Remote {
 			dst = append(dst, f)
 		}
@@ -118,6 +127,12 @@ func (r *Registry) RemoteFlights(dst []*Flight) []*Flight {
 func (r *Registry) Finish(f *Flight, dst []uint32) []uint32 {
 	if r.flights[f.Key] == f {
 		delete(r.flights, f.Key)
+		for i, o := range r.order {
+			if o == f {
+				r.order = append(r.order[:i], r.order[i+1:]...)
+				break
+			}
+		}
 	}
 	for _, ctx := range f.waiters {
 		if h, ok := r.held[ctx]; ok && h.key == f.Key {
@@ -165,17 +180,23 @@ func (r *Registry) Flights() int { return len(r.flights) }
 // appends them to abandoned, their requests to dst. A late answer to an abandoned flight finds
 // no flight and is ignored.
 func (r *Registry) Expired(nowMs int64, dst []uint32, abandoned []*Flight) ([]uint32, []*Flight) {
-	for _, f := range r.flights {
-		if f.DeadlineMs <= nowMs {
-			dst = r.Finish(f, dst)
+	for i := 0; i < len(r.order); {
+		if f := r.order[i]; f.DeadlineMs <= nowMs {
+			dst = r.Finish(f, dst) // removes f from order
 			abandoned = append(abandoned, f)
+			continue
 		}
+		i++
 	}
+	start := len(dst)
 	for ctx, h := range r.held {
 		if h.deadlineMs <= nowMs {
-			r.Drop(ctx)
 			dst = append(dst, ctx)
 		}
+	}
+	slices.Sort(dst[start:]) // in a fixed order, whatever the map's
+	for _, ctx := range dst[start:] {
+		r.Drop(ctx)
 	}
 	return dst, abandoned
 }
