@@ -504,6 +504,10 @@ func (h *Host) SharedDataSnapshot() map[string][]byte {
 // SharedDataBytes is the sum of key and value lengths in shared data (every vm_id).
 func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
 
+// QueueItems is the number of items and bytes waiting in shared queues (every vm_id), dead
+// VMs' queues included: Envoy keeps those until the last VM of their vm_id dies.
+func (h *Host) QueueItems() (items, bytes int) { return h.queues.size() }
+
 // SharedDataKeys is the number of keys in shared data (every vm_id).
 func (h *Host) SharedDataKeys() int { _, k := h.shared.size(); return k }
 

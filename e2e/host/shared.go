@@ -124,6 +124,20 @@ func (q *sharedQueues) register(vmID, name string, v *vm, contextID uint32) uint
 	return tok
 }
 
+// size is what waits in every queue: Envoy holds it in its heap until a dequeue, or until the
+// last VM of the vm_id dies (deleteByVmId); a queue whose VM died is never drained by Envoy.
+func (q *sharedQueues) size() (items, bytes int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, e := range q.queues {
+		items += len(e.items)
+		for _, it := range e.items {
+			bytes += len(it)
+		}
+	}
+	return items, bytes
+}
+
 func (q *sharedQueues) resolve(vmID, name string) uint32 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
