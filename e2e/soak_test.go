@@ -102,6 +102,11 @@ func TestE2E_Soak(t *testing.T) {
 		v, _ := e.proxy.Metric("token_exchange.requests_held")
 		t.Errorf("%d requests still held after the traffic stopped", int64(v))
 	}
+	// Nothing piles up in shared queues (Envoy's heap), dead VMs' queues included.
+	if err := e.proxy.WaitFor(5*time.Second, func() bool { items, _ := e.proxy.QueueItems(); return items <= 8 }); err != nil {
+		items, bytes := e.proxy.QueueItems()
+		t.Errorf("%d items (%d bytes) wait in shared queues after the traffic stopped", items, bytes)
+	}
 
 	s.checkUpstream(t)
 
