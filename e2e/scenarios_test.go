@@ -353,16 +353,24 @@ func TestE2E_LoadTwentyUsers(t *testing.T) {
 	}
 }
 
-// Scenario 3: without a configured audience the filter's own clientId is sent.
-func TestE2E_DefaultAudienceIsClientID(t *testing.T) {
+// Scenario 3: without a configured audience no audience is requested, and the exchanged token
+// carries every audience mapped to the filter's client (the shipped realm maps kagenti-api).
+// Requesting the filter's own clientId instead — the old default — is refused as Keycloak
+// refuses it: the client is not in its own tokens' aud unless a mapper puts it there.
+func TestE2E_DefaultAudienceRequestsNone(t *testing.T) {
 	e := newEnv(t, envOptions{plugin: `"tokenExchange":{"enabled":true}`})
 	e.serviceTokenReady()
 	r := e.get("/api", e.userToken("alice"))
 	if r.status != http.StatusOK || r.claim("sub") != e.idp.Subject("alice") {
 		t.Fatalf("status %d sub %q", r.status, r.claim("sub"))
 	}
-	if aud := r.audiences(); len(aud) != 1 || aud[0] != filterClient {
-		t.Fatalf("aud %v, want [%s] (the clientId)", aud, filterClient)
+	if aud := r.audiences(); len(aud) != 1 || aud[0] != apiAudience {
+		t.Fatalf("aud %v, want [%s] (every audience mapped to the client)", aud, apiAudience)
+	}
+
+	old := newEnv(t, envOptions{plugin: `"tokenExchange":{"enabled":true,"audience":"` + filterClient + `"},"fallbackToServiceAccount":false`})
+	if r := old.get("/api", old.userToken("alice")); r.status == http.StatusOK {
+		t.Fatalf("requesting the filter's own clientId as audience was accepted (aud %v); Keycloak refuses it", r.audiences())
 	}
 }
 

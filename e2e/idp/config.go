@@ -102,8 +102,8 @@ type Client struct {
 // DefaultConfig is realm "demo" with:
 //
 //   - client "token-exchange-filter": confidential, secret "filter-secret", service account on,
-//     standard token exchange on, audiences ["kagenti-api", "token-exchange-filter"] (so it may
-//     request either as audience);
+//     standard token exchange on, audience mapper for "kagenti-api" only, as in the shipped
+//     realm: the client is never in its own tokens' aud, so requesting itself is refused;
 //   - client "kagenti-ui": public, password grant allowed, audience mapper adding
 //     "token-exchange-filter" to its user tokens;
 //   - client "kagenti-api": confidential, secret "api-secret", no service account, no exchange;
@@ -119,7 +119,7 @@ func DefaultConfig() Config {
 			{
 				ID: FilterClientID, Secret: FilterClientSecret, Confidential: true,
 				ServiceAccount: true, StandardTokenExchange: true,
-				Audiences: []string{APIClientID, FilterClientID},
+				Audiences: []string{APIClientID}, // as the shipped realm: never the client itself
 			},
 			{ID: UIClientID, Audiences: []string{FilterClientID}},
 			{ID: APIClientID, Secret: APIClientSecret, Confidential: true},

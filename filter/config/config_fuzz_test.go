@@ -181,7 +181,7 @@ func checkResult(t *testing.T, data []byte, c *Config, err error) {
 		t.Fatalf("bad ClientID %q", c.ClientID)
 	case c.ClientSecret == "":
 		t.Fatalf("empty ClientSecret")
-	case c.TokenExchange.Audience == "" || !printableASCII(c.TokenExchange.Audience):
+	case !printableASCII(c.TokenExchange.Audience):
 		t.Fatalf("bad Audience %q", c.TokenExchange.Audience)
 	case !printableASCII(c.TokenExchange.Scope):
 		t.Fatalf("bad Scope %q", c.TokenExchange.Scope)

@@ -96,7 +96,7 @@ func TestDefaults(t *testing.T) {
 		FailureBackoffMs:         DefaultFailureBackoffMs,
 		TokenExchange: Exchange{
 			Enabled:               false,
-			Audience:              "txf",
+			Audience:              "", // none requested: every audience mapped to the client
 			Scope:                 "",
 			UserTokenHeader:       DefaultUserTokenHeader,
 			RemoveUserTokenHeader: true,
@@ -132,7 +132,7 @@ func TestValidValues(t *testing.T) {
 		{"failureBackoffMs off", []string{`"failureBackoffMs":0`}, func(c *Config) bool { return c.FailureBackoffMs == 0 }},
 		{"failureBackoffMs max", []string{`"failureBackoffMs":600000`}, func(c *Config) bool { return c.FailureBackoffMs == MaxFailureBackoffMs }},
 		{"tokenExchange null", []string{`"tokenExchange":null`}, func(c *Config) bool {
-			return !c.TokenExchange.Enabled && c.TokenExchange.Audience == "txf" && c.TokenExchange.RemoveUserTokenHeader
+			return !c.TokenExchange.Enabled && c.TokenExchange.Audience == "" && c.TokenExchange.RemoveUserTokenHeader
 		}},
 		{"tokenExchange empty", []string{`"tokenExchange":{}`}, func(c *Config) bool {
 			return !c.TokenExchange.Enabled && c.TokenExchange.UserTokenHeader == DefaultUserTokenHeader

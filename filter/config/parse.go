@@ -324,9 +324,11 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		// other mesh the operator sets cluster explicitly.
 		c.Cluster = "outbound|" + strconv.Itoa(int(c.TokenEndpoint.Port)) + "||" + c.TokenEndpoint.Host
 	}
-	if !audienceSet {
-		c.TokenExchange.Audience = c.ClientID
-	}
+	// No audience configured: none is requested, and Keycloak issues every audience mapped to
+	// the client. (Requesting the filter's own clientId, as earlier versions did, fails on every
+	// realm where no mapper puts the client in its own tokens: Keycloak only narrows audiences,
+	// 400 "Requested audience not available".)
+	_ = audienceSet
 	c.inheritRules(rulesSet)
 	return c, nil
 }

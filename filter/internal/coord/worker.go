@@ -96,6 +96,9 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 	mode := "off (service-account token only)"
 	if cfg.TokenExchange.Enabled {
 		mode = "on, audience " + strconv.Quote(cfg.TokenExchange.Audience)
+		if cfg.TokenExchange.Audience == "" {
+			mode = "on, no audience requested (Keycloak issues every audience mapped to the client)"
+		}
 		if !cfg.FallbackToServiceAccount {
 			mode += ", strict"
 		}

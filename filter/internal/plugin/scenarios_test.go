@@ -99,13 +99,15 @@ func TestScenario2_ExchangeHoldsThenInjects(t *testing.T) {
 	})
 }
 
-// Scenario 3: the configured audience is sent; without one, clientId. Scope only when set.
+// Scenario 3: the configured audience is sent; without one, none (Keycloak then issues every
+// audience mapped to the client; it refuses the client's own id unless a mapper adds it).
+// Scope only when set.
 func TestScenario3_AudienceAndScope(t *testing.T) {
 	cases := []struct {
 		name, exchange, wantAudience, wantScope string
 	}{
 		{"configured", `"tokenExchange":{"enabled":true,"audience":"kagenti-api"}`, "kagenti-api", ""},
-		{"default is clientId", `"tokenExchange":{"enabled":true}`, "gateway", ""},
+		{"default is none", `"tokenExchange":{"enabled":true}`, "", ""},
 		{"scope", `"tokenExchange":{"enabled":true,"audience":"kagenti-api","scope":"openid agents:read"}`, "kagenti-api", "openid agents:read"},
 	}
 	for _, tc := range cases {
@@ -114,7 +116,7 @@ func TestScenario3_AudienceAndScope(t *testing.T) {
 				h := start(t, runner, pluginConfig(tc.exchange))
 				h.userRequest(testUserToken)
 				c := h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange")
-				if got := c.form.Get("audience"); got != tc.wantAudience {
+				if got := c.form.Get("audience"); got != tc.wantAudience || c.form.Has("audience") != (tc.wantAudience != "") {
 					t.Fatalf("audience = %q, want %q", got, tc.wantAudience)
 				}
 				if got := c.form.Get("scope"); got != tc.wantScope || c.form.Has("scope") != (tc.wantScope != "") {
