@@ -125,18 +125,8 @@ func (req *Request) action() Action {
 // backedOff settles a request whose user token is in its failure back-off: the service-account
 // token, or in strict mode the reply the failure called for.
 func (req *Request) backedOff(strictStatus int) {
-	w := req.w
-	w.count(RequestsBackedOff)
-	if !w.cfg.FallbackToServiceAccount {
-		if strictStatus == 401 {
-			req.reply(replyTokenRejected)
-		} else {
-			req.reply(replyExchangeFailed)
-		}
-		return
-	}
-	w.count(FallbackExchangeFailed)
-	req.useServiceToken()
+	req.w.count(RequestsBackedOff)
+	req.failed(strictStatus)
 }
 
 // useServiceToken sends the request on with the service-account token, holds it until the
@@ -162,12 +152,15 @@ func (req *Request) useServiceToken() {
 	w.hold(req, serviceFlightKey, sa, "", "", "")
 }
 
-// exchangeFailed settles the request after a failed exchange: the service-account token, or
-// in strict mode the local reply the failure calls for.
-func (req *Request) exchangeFailed(fail *oauth.Failure) {
+// exchangeFailed settles the request after a failed exchange.
+func (req *Request) exchangeFailed(fail *oauth.Failure) { req.failed(fail.StrictStatus()) }
+
+// failed settles a request whose exchange failed (now or within its back-off): the
+// service-account token, or in strict mode the local reply for strictStatus.
+func (req *Request) failed(strictStatus int) {
 	w := req.w
 	if !w.cfg.FallbackToServiceAccount {
-		if fail.StrictStatus() == 401 {
+		if strictStatus == 401 {
 			req.reply(replyTokenRejected)
 		} else {
 			req.reply(replyExchangeFailed)
