@@ -153,6 +153,37 @@ func TestE2E_FallbackOnIdPFailures(t *testing.T) {
 	}
 }
 
+// A cluster with no healthy host makes Envoy fail proxy_http_call inline, with no callback
+// ever: the exchange fails at once, the request falls back, and the failure is logged and
+// backed off like any other (no request waits for an answer that cannot come).
+func TestE2E_InlineDispatchFailureFallsBack(t *testing.T) {
+	e := newEnv(t, envOptions{plugin: exchangeOn})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	before := e.proxy.Callouts("idp")
+	e.proxy.SetClusterHealthy("idp", false)
+	e.wantServiceToken(e.get("/api", alice))
+	if got := e.proxy.Callouts("idp") - before; got != 0 {
+		t.Fatalf("%d callouts went out to a cluster with no healthy host", got)
+	}
+	if _, err := e.proxy.WaitLog(5*time.Second, func(l host.Log) bool {
+		return l.Level == host.LogWarn && strings.Contains(l.Message, "calling the token endpoint through cluster")
+	}); err != nil {
+		t.Fatal("no warning for the failed dispatch")
+	}
+	if v, _ := e.proxy.Metric("token_exchange.exchange.failure.transient"); v != 1 {
+		t.Fatalf("exchange.failure.transient = %d, want 1", v)
+	}
+	// Healthy again: after the back-off the user gets an exchanged token.
+	e.proxy.SetClusterHealthy("idp", true)
+	if err := e.proxy.WaitFor(10*time.Second, func() bool {
+		r, err := e.do(context.Background(), "/api", alice)
+		return err == nil && r.claim("azp") == filterClient && r.claim("sub") == e.idp.Subject("alice")
+	}); err != nil {
+		t.Fatal("no exchanged token once the cluster was healthy again")
+	}
+}
+
 // Scenario 6: without the user token header the service-account token is used.
 func TestE2E_NoUserTokenFallsBack(t *testing.T) {
 	e := newEnv(t, envOptions{})

@@ -56,6 +56,9 @@ func (v *vm) httpCall(cluster string, hdrs pairs, body []byte, timeoutMs uint32)
 			return 0, statusBadArgument
 		}
 	}
+	if h.clusterUnhealthy(cluster) {
+		return 0, statusInternalFailure // no healthy host: fails inline, no callback
+	}
 	tok := v.nextCall
 	for tok == 0 || v.calls[tok] {
 		tok++

@@ -152,6 +152,8 @@ type Host struct {
 	logs     []Log
 	changed  chan struct{}
 	callouts map[string]int
+	// unhealthy clusters have no healthy host: dispatches to them fail inline.
+	unhealthy map[string]bool
 	retired  []*vm
 	closed   bool
 	closing  chan struct{}
@@ -528,6 +530,25 @@ func (h *Host) Callouts(cluster string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.callouts[cluster]
+}
+
+// SetClusterHealthy marks cluster as having a healthy host or none. With none, Envoy's async
+// client cannot start the request and proxy_http_call returns InternalFailure at once, with no
+// callback ever (source/extensions/common/wasm/context.cc, Context::httpCall: a null request
+// from httpAsyncClient().send() erases the token and returns WasmResult::InternalFailure).
+func (h *Host) SetClusterHealthy(cluster string, healthy bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.unhealthy == nil {
+		h.unhealthy = map[string]bool{}
+	}
+	h.unhealthy[cluster] = !healthy
+}
+
+func (h *Host) clusterUnhealthy(cluster string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.unhealthy[cluster]
 }
 
 // CalloutsTotal is the number of successful proxy_http_call dispatches to any cluster.
