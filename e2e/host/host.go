@@ -154,11 +154,11 @@ type Host struct {
 	callouts map[string]int
 	// unhealthy clusters have no healthy host: dispatches to them fail inline.
 	unhealthy map[string]bool
-	retired  []*vm
-	closed   bool
-	closing  chan struct{}
-	wg       sync.WaitGroup
-	once     sync.Once
+	retired   []*vm
+	closed    bool
+	closing   chan struct{}
+	wg        sync.WaitGroup
+	once      sync.Once
 }
 
 // compilationCache is shared by every Host of the process: a module is compiled once.

@@ -31,6 +31,7 @@ const (
 	DescAccessTokensOnly         = "Parameter 'subject_token' supports access tokens only"
 	DescRequestedTokenType       = "requested_token_type unsupported"
 	DescAudienceNotFound         = "Audience not found"
+	DescDuplicatedParameter      = "duplicated parameter"
 	DescClientDisabled           = "Client disabled"
 	DescPublicClientExchange     = "Public client is not allowed to exchange token"
 	// DescNotInAudience is Keycloak V2's wording for 403 access_denied (the requesting client is not

@@ -458,6 +458,15 @@ func (p *IdP) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, ErrInvalidRequest, "Invalid form: "+formErr.Error())
 		return
 	}
+	// Keycloak's TokenEndpoint.checkParameterDuplicated: a form parameter given twice is
+	// refused, except audience and resource, which may repeat (a second subject_token or
+	// client_id must never be picked silently).
+	for name, values := range form {
+		if len(values) > 1 && name != "audience" && name != "resource" {
+			writeError(w, http.StatusBadRequest, ErrInvalidRequest, DescDuplicatedParameter)
+			return
+		}
+	}
 	switch {
 	case grant == "":
 		writeError(w, http.StatusBadRequest, ErrInvalidRequest, DescMissingGrantType)

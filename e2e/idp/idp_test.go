@@ -356,3 +356,26 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// Keycloak refuses a form parameter given twice (TokenEndpoint.checkParameterDuplicated), except
+// audience and resource: a second subject_token or client_id must not pick one silently.
+func TestDuplicatedParametersRefused(t *testing.T) {
+	p := start(t, nil)
+	userToken := mint(t, p, "bob")
+	for _, name := range []string{"subject_token", "client_id", "grant_type", "scope"} {
+		f := exchangeForm(userToken, APIClientID)
+		v := f.Get(name)
+		if v == "" {
+			v = "x"
+		}
+		f[name] = []string{v, v}
+		if a := postForm(t, p, f, nil); a.status != 400 || a.str("error") != ErrInvalidRequest || a.str("error_description") != DescDuplicatedParameter {
+			t.Errorf("%s twice: %d %s", name, a.status, a.raw)
+		}
+	}
+	f := exchangeForm(userToken, APIClientID)
+	f.Add("audience", APIClientID)
+	if a := postForm(t, p, f, nil); a.status != 200 {
+		t.Errorf("audience twice: %d %s", a.status, a.raw)
+	}
+}
