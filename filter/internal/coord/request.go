@@ -79,23 +79,11 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	switch {
 	case !present:
 		w.logDebug("no user token in " + ex.UserTokenHeader + ": " + w.failureOutcomeShort())
-		if !w.cfg.FallbackToServiceAccount {
-			req.reply(replyTokenMissing)
-		} else {
-			w.count(FallbackNoUserToken)
-			req.useServiceToken()
-		}
-		return req.action()
+		return req.withoutUserToken(replyTokenMissing, FallbackNoUserToken)
 	case !oauth.ValidUserToken(token):
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
-		if !w.cfg.FallbackToServiceAccount {
-			req.reply(replyTokenRejected)
-		} else {
-			w.count(FallbackInvalidUserToken)
-			req.useServiceToken()
-		}
-		return req.action()
+		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
 
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
@@ -110,6 +98,18 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	default:
 		w.count(CacheMiss)
 		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
+	}
+	return req.action()
+}
+
+// withoutUserToken settles a request that brought no usable user token: strict mode answers
+// strict, otherwise the service-account token is used (counted as fallback).
+func (req *Request) withoutUserToken(strict localReply, fallback Metric) Action {
+	if !req.w.cfg.FallbackToServiceAccount {
+		req.reply(strict)
+	} else {
+		req.w.count(fallback)
+		req.useServiceToken()
 	}
 	return req.action()
 }
