@@ -31,6 +31,10 @@ type Request struct {
 	usedService string // the service-account token
 }
 
+// maxHeaderRemovals bounds the removal of a repeated user-token header on hosts whose remove
+// takes one value at a time.
+const maxHeaderRemovals = 16
+
 // NewRequest returns the state of stream id.
 func (w *Worker) NewRequest(id uint32) *Request { return &Request{id: id, w: w} }
 
@@ -59,12 +63,21 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
 	}
 	raw, present := hdr.Get(ex.UserTokenHeader)
-	present = present && raw != ""
-	if present && ex.RemoveUserTokenHeader {
+	if ex.RemoveUserTokenHeader {
 		// Before anything else, and with exchange off too: whatever happens next, the user's
 		// token never goes upstream (a roll-back to enabled:false must not start leaking it).
-		hdr.Remove(ex.UserTokenHeader)
+		// Also when nothing was read: the host reads the first of repeated headers, and the SDK
+		// reads an empty value as absent, so an empty first value would hide a second. Envoy's remove takes every value
+		// (context.cc removeHeaderMapValue → HeaderMap::remove); a host that takes one (the
+		// SDK's emulator) is covered by removing until none is left, a bounded few times.
+		for range maxHeaderRemovals {
+			hdr.Remove(ex.UserTokenHeader)
+			if _, still := hdr.Get(ex.UserTokenHeader); !still {
+				break
+			}
+		}
 	}
+	present = present && raw != ""
 	if !ex.Enabled {
 		req.useServiceToken()
 		return req.action()

@@ -685,3 +685,20 @@ func TestClientSecretFromEnvironment(t *testing.T) {
 		t.Fatalf("secret from the environment not used")
 	}
 }
+
+// A repeated user-token header whose first value is empty must not smuggle the second value
+// upstream: with removal on, every value goes, whatever the first one holds.
+func TestRepeatedUserTokenHeaderNeverGoesUpstream(t *testing.T) {
+	forEachRunner(t, func(t *testing.T, runner string) {
+		h := start(t, runner, pluginConfig(`"tokenExchange":{"enabled":true,"audience":"kagenti"}`))
+		h.serviceTokenReady()
+		id, _ := h.request([2]string{headerUserToken, ""}, [2]string{headerUserToken, testUserToken})
+		// (The SDK's emulator removes one value per call and reads an empty one as absent, so an
+		// empty value may stay there; Envoy removes every value at once. No token may stay.)
+		for _, kv := range h.host.GetCurrentRequestHeaders(id) {
+			if kv[0] == headerUserToken && kv[1] != "" {
+				t.Fatalf("%s went upstream (%d bytes)", headerUserToken, len(kv[1]))
+			}
+		}
+	})
+}
