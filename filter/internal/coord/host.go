@@ -17,10 +17,7 @@
 //	         wait-on-another-worker and take-over steps in fetch.go
 package coord
 
-import (
-	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
-	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
-)
+import "github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 
 // Host is what a Worker needs from the proxy. Every method must be safe to call at any time
 // from the Worker's callbacks; errors are reported, never panicked.
@@ -126,7 +123,3 @@ func exchangeFailureMetric(c oauth.Class) (Metric, bool) {
 	}
 	return 0, false
 }
-
-// Store adapts a Host's shared data to the cache; it is given separately so that tests can
-// wrap it.
-type Store = cache.Store

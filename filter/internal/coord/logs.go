@@ -2,8 +2,8 @@ package coord
 
 import "strconv"
 
-// logPrefix starts every line the filter writes, so operators can grep Envoy's log for it.
-const logPrefix = "token-exchange: "
+// LogPrefix starts every line the filter writes, so operators can grep Envoy's log for it.
+const LogPrefix = "token-exchange: "
 
 // warnWindowMs is how often one kind of warning may be written per VM. A failing IdP under load
 // would otherwise write one line per request.
@@ -32,5 +32,5 @@ func (l *warnLimiter) warn(w *Worker, kind string, nowMs int64, msg string) {
 	}
 	l.lastMs[kind] = nowMs
 	l.suppressed[kind] = 0
-	w.host.Log(Warn, logPrefix+msg)
+	w.host.Log(Warn, LogPrefix+msg)
 }

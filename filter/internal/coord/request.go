@@ -38,10 +38,6 @@ const maxHeaderRemovals = 16
 // NewRequest returns the state of stream id.
 func (w *Worker) NewRequest(id uint32) *Request { return &Request{id: id, w: w} }
 
-// Settled reports whether the request got its token or a local reply; Replied the latter.
-func (req *Request) Settled() bool { return req.settled }
-func (req *Request) Replied() bool { return req.replied }
-
 // OnRequestHeaders decides the request: token now (Continue), held or answered (Pause).
 func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	w := req.w
@@ -67,9 +63,10 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		// Before anything else, and with exchange off too: whatever happens next, the user's
 		// token never goes upstream (a roll-back to enabled:false must not start leaking it).
 		// Also when nothing was read: the host reads the first of repeated headers, and the SDK
-		// reads an empty value as absent, so an empty first value would hide a second. Envoy's remove takes every value
-		// (context.cc removeHeaderMapValue → HeaderMap::remove); a host that takes one (the
-		// SDK's emulator) is covered by removing until none is left, a bounded few times.
+		// reads an empty value as absent, so an empty first value would hide a second.
+		// Envoy's remove takes every value (source/extensions/common/wasm/context.cc,
+		// removeHeaderMapValue → HeaderMap::remove); a host that takes one (the SDK's
+		// emulator) is covered by removing until none is left, a bounded few times.
 		for range maxHeaderRemovals {
 			hdr.Remove(ex.UserTokenHeader)
 			if _, still := hdr.Get(ex.UserTokenHeader); !still {

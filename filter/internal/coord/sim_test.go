@@ -18,11 +18,13 @@ package coord
 // tables are empty once traffic stops.
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -95,7 +97,6 @@ type simEnvoy struct {
 	lost     int // callouts whose answer was lost
 	// outage: the IdP fails every answer while set.
 	outage bool
-	quiet  int64
 	stats  *simStats
 	// lastFail is when the last failed answer for a subject arrived (0: none since a success),
 	// for the back-off invariant; backStepped: the clock went back since.
@@ -431,27 +432,8 @@ func (e *simEnvoy) forRandomStream(ok func(*simStream) bool, do func(*simStream)
 		return
 	}
 	// Map order is random: sort by id so the seed alone decides.
-	best := pick[0]
-	n := e.rng.IntN(len(pick))
-	ids := make([]uint32, 0, len(pick))
-	for _, s := range pick {
-		ids = append(ids, s.id)
-	}
-	sortU32(ids)
-	for _, s := range pick {
-		if s.id == ids[n] {
-			best = s
-		}
-	}
-	do(best)
-}
-
-func sortU32(a []uint32) {
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && a[j] < a[j-1]; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
+	slices.SortFunc(pick, func(a, b *simStream) int { return cmp.Compare(a.id, b.id) })
+	do(pick[e.rng.IntN(len(pick))])
 }
 
 func (e *simEnvoy) check() {
@@ -535,7 +517,7 @@ func runSim(t *testing.T, seed uint64, steps int, st *simStats) int {
 	// Traffic stops: everything settles, tables empty, dead VMs' queues drained.
 	e.outage = false
 	// Idle until every dead VM's waker record is stale (the clock may have stepped back), 40 s at most.
-	for i := 0; i < 800 && (len(e.callouts) > 0 || e.pendingWakes() > 0 || e.wallQuietFor() < 8000 || e.deadQueueItems() > 0); i++ {
+	for i := 0; i < 800 && (len(e.callouts) > 0 || e.pendingWakes() > 0 || i*TickMs < 8000 || e.deadQueueItems() > 0); i++ {
 		e.steps++
 		for len(e.callouts) > 0 {
 			e.answer(0)
@@ -575,13 +557,6 @@ func runSim(t *testing.T, seed uint64, steps int, st *simStats) int {
 		e.failf("%d items left in dead VMs' queues after traffic stopped", n)
 	}
 	return e.steps
-}
-
-// wallQuietFor counts the idle phase's length (in advance steps), so that stale waker records
-// age out before the end is checked.
-func (e *simEnvoy) wallQuietFor() int64 {
-	e.quiet += TickMs
-	return e.quiet
 }
 
 func (e *simEnvoy) pendingWakes() int {

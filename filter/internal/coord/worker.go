@@ -107,9 +107,6 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 	return w
 }
 
-// Owner is this VM's id in leases and the waker list.
-func (w *Worker) Owner() string { return w.owner }
-
 // Held is the number of requests this VM holds; Flights the number of fetches it runs or waits on.
 func (w *Worker) Held() int    { return w.flights.Held() }
 func (w *Worker) Flights() int { return w.flights.Flights() }
@@ -180,8 +177,11 @@ func (w *Worker) enterRoot() func() {
 // heartbeat renews this VM's waker record (joining on the first tick) and drains the queues of
 // VMs whose records went stale: they died, and Envoy keeps their queues while any VM lives.
 func (w *Worker) heartbeat(now int64) {
-	if !w.hasWakeQueue || (w.nextHeartbeatMs != 0 && now < w.nextHeartbeatMs && now > w.nextHeartbeatMs-2*cache.WakerHeartbeatMs) {
-		return // (the second test renews at once when the clock stepped back)
+	// Due on the first tick, once the period has passed, or at once when the clock stepped
+	// back by more than a period (the record would otherwise look stale to the others).
+	due := w.nextHeartbeatMs == 0 || now >= w.nextHeartbeatMs || now < w.nextHeartbeatMs-2*cache.WakerHeartbeatMs
+	if !w.hasWakeQueue || !due {
+		return
 	}
 	w.nextHeartbeatMs = now + cache.WakerHeartbeatMs
 	var buf [8]string
@@ -276,11 +276,7 @@ func (w *Worker) finishFlight(f *flight.Flight, tok oauth.Token, fail *oauth.Fai
 
 // settleEach ends f and settles each of its requests whose stream still exists.
 func (w *Worker) settleEach(f *flight.Flight, settle func(req *Request)) {
-	for _, id := range w.finish(f) {
-		if req := w.held[id]; req != nil {
-			settle(req)
-		}
-	}
+	w.settleIDs(w.finish(f), settle)
 }
 
 // settleIDs settles each request of ids whose stream still exists.
@@ -349,6 +345,6 @@ func (w *Worker) failureOutcomeShort() string {
 
 func (w *Worker) count(m Metric) { w.host.Count(m, 1) }
 
-func (w *Worker) logDebug(msg string) { w.host.Log(Debug, logPrefix+msg) }
-func (w *Worker) logInfo(msg string)  { w.host.Log(Info, logPrefix+msg) }
-func (w *Worker) logError(msg string) { w.host.Log(Error, logPrefix+msg) }
+func (w *Worker) logDebug(msg string) { w.host.Log(Debug, LogPrefix+msg) }
+func (w *Worker) logInfo(msg string)  { w.host.Log(Info, LogPrefix+msg) }
+func (w *Worker) logError(msg string) { w.host.Log(Error, LogPrefix+msg) }

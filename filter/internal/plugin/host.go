@@ -91,7 +91,7 @@ func (*wasmHost) Log(level coord.Level, msg string) {
 func (h *wasmHost) Count(m coord.Metric, delta int64) { h.metrics.add(m, delta) }
 
 // logError logs before a worker exists (configuration errors).
-func logError(msg string) { proxywasm.LogError("token-exchange: " + msg) }
+func logError(msg string) { proxywasm.LogError(coord.LogPrefix + msg) }
 
 // sharedStore is cache.Store over Envoy's shared data.
 type sharedStore struct{}
