@@ -259,3 +259,30 @@ func TestWakerHeartbeatAgesOutDeadVMs(t *testing.T) {
 		}
 	})
 }
+
+// A VM whose plugin is torn down leaves at once: nobody enqueues to its dead queue afterwards,
+// and the others stay listed.
+func TestLeaveWakersRemovesOnlyThatVM(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		const stays, leaves = "aaaaaaaaaaaaaaaa", "llllllllllllllll"
+		for _, o := range []string{leaves, stays} {
+			if _, err := c.Heartbeat(o, 1000, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := c.LeaveWakers(leaves, 1001, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Wakers(nil, 1002); len(got) != 1 || got[0] != stays {
+			t.Fatalf("after one VM left, wakers %v; want only %s", got, stays)
+		}
+		// Leaving twice, or without having joined, is harmless.
+		if _, err := c.LeaveWakers(leaves, 1003, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Wakers(nil, 1004); len(got) != 1 {
+			t.Fatalf("a second leave changed the list: %v", got)
+		}
+	})
+}

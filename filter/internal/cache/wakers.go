@@ -41,6 +41,16 @@ func (c *Cache) RegisterWaker(owner string) error {
 // records that went stale, appending their owners to dead so that the caller can drain their
 // queues. A full list drops its least recently renewed record.
 func (c *Cache) Heartbeat(owner string, nowMs int64, dead []string) ([]string, error) {
+	return c.updateWakers(owner, nowMs, dead, false)
+}
+
+// LeaveWakers removes owner's record (a VM whose plugin is being torn down), pruning stale
+// records on the way like Heartbeat; it appends their owners to dead.
+func (c *Cache) LeaveWakers(owner string, nowMs int64, dead []string) ([]string, error) {
+	return c.updateWakers(owner, nowMs, dead, true)
+}
+
+func (c *Cache) updateWakers(owner string, nowMs int64, dead []string, leave bool) ([]string, error) {
 	if len(owner) != OwnerIDBytes {
 		return dead, errBadOwner
 	}
@@ -60,7 +70,9 @@ func (c *Cache) Heartbeat(owner string, nowMs int64, dead []string) ([]string, e
 			rec := cur[i : i+wakerBytes]
 			id := string(rec[:OwnerIDBytes])
 			if id == owner { // renewed in place: the list keeps its order
-				next = binary.BigEndian.AppendUint64(append(next, owner...), uint64(nowMs))
+				if !leave {
+					next = binary.BigEndian.AppendUint64(append(next, owner...), uint64(nowMs))
+				}
 				renewed = true
 				continue
 			}
@@ -74,7 +86,7 @@ func (c *Cache) Heartbeat(owner string, nowMs int64, dead []string) ([]string, e
 			}
 			next = append(next, rec...)
 		}
-		if !renewed {
+		if !renewed && !leave {
 			if len(next) >= MaxWakers*wakerBytes && oldest >= 0 {
 				removed = append(removed, string(next[oldest:oldest+OwnerIDBytes]))
 				next = append(next[:oldest], next[oldest+wakerBytes:]...)

@@ -51,8 +51,11 @@ type Worker struct {
 
 	// wakeQueue is this VM's own shared queue. Enqueueing to it from a request gets us into the
 	// root context, where callouts survive the cancellation of the request that asked for them.
+	// It is registered on the first tick or request, never at start-up: in Envoy a queue
+	// outlives its VM, and the canary VM (started, configured, dropped) would leave one behind.
 	wakeQueue    uint32
 	hasWakeQueue bool
+	queueRefused bool // registration failed: retried on ticks only, not on every request
 	// nextHeartbeatMs is when this VM next renews its waker record; 0 until its first tick,
 	// so that a VM that never serves (the canary) never joins the list.
 	nextHeartbeatMs int64
@@ -62,9 +65,9 @@ type Worker struct {
 	scratch []uint32
 }
 
-// NewWorker starts a worker over host with a parsed configuration. It registers the wake-up
-// queue but does not join the waker list: that waits for the first tick, as the canary VM
-// (which runs start-up and dies) must never be woken.
+// NewWorker starts a worker over host with a parsed configuration. It neither registers its
+// wake-up queue nor joins the waker list: both wait until the VM serves (its first tick or
+// request), as the canary VM (which runs start-up and dies) must leave nothing behind.
 func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 	w := &Worker{
 		host:     host,
@@ -81,18 +84,14 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 	w.service.init(cfg)
 
 	// Queue names are per (vm_id, name) and the last registrant gets the wake-ups, so every VM
-	// needs a name of its own. The same random id names it as the holder of leases.
+	// needs a name of its own. The same random id names it as the holder of leases. The queue
+	// itself is registered only when the VM first serves (wakeQueueReady).
 	var id [8]byte
 	r := host.Random()
 	for i := range id {
 		id[i] = byte(r >> (8 * i))
 	}
 	w.owner = hex.EncodeToString(id[:])
-	if q, err := host.RegisterQueue(WakeQueuePrefix + w.owner); err == nil {
-		w.wakeQueue, w.hasWakeQueue = q, true
-	} else {
-		w.logError("registering the wake-up queue failed (" + err.Error() + "): callouts will be tied to the requests that start them")
-	}
 	mode := "off (service-account token only)"
 	if cfg.TokenExchange.Enabled {
 		mode = "on, audience " + strconv.Quote(cfg.TokenExchange.Audience)
@@ -180,7 +179,7 @@ func (w *Worker) heartbeat(now int64) {
 	// Due on the first tick, once the period has passed, or at once when the clock stepped
 	// back by more than a period (the record would otherwise look stale to the others).
 	due := w.nextHeartbeatMs == 0 || now >= w.nextHeartbeatMs || now < w.nextHeartbeatMs-2*cache.WakerHeartbeatMs
-	if !w.hasWakeQueue || !due {
+	if !due || !w.wakeQueueReady(true) {
 		return
 	}
 	w.nextHeartbeatMs = now + cache.WakerHeartbeatMs
@@ -189,11 +188,50 @@ func (w *Worker) heartbeat(now int64) {
 	if err != nil {
 		w.warns.warn(w, "wakers", now, "joining the waker list failed ("+err.Error()+"): waits on other workers end on tick")
 	}
-	for _, owner := range dead {
+	w.drainOwners(dead)
+}
+
+// drainOwners empties the queues of VMs that left the waker list: Envoy keeps a dead VM's
+// queue while any VM of the vm_id lives.
+func (w *Worker) drainOwners(owners []string) {
+	for _, owner := range owners {
 		if q, err := w.host.ResolveQueue(WakeQueuePrefix + owner); err == nil {
 			w.drain(q)
 		}
 	}
+}
+
+// wakeQueueReady registers this VM's wake-up queue if it has none yet. A refused registration
+// is retried only when retry is set (ticks), so that requests do not each try again.
+func (w *Worker) wakeQueueReady(retry bool) bool {
+	if w.hasWakeQueue || (w.queueRefused && !retry) {
+		return w.hasWakeQueue
+	}
+	q, err := w.host.RegisterQueue(WakeQueuePrefix + w.owner)
+	if err != nil {
+		if !w.queueRefused {
+			w.logError("registering the wake-up queue failed (" + err.Error() + "): callouts are tied to the requests that start them")
+		}
+		w.queueRefused = true
+		return false
+	}
+	w.wakeQueue, w.hasWakeQueue, w.queueRefused = q, true, false
+	return true
+}
+
+// OnDone is the plugin's teardown (a configuration update or Envoy draining it): this VM
+// leaves the waker list at once, so the others stop enqueueing to a queue nobody will read,
+// and its own queue is emptied.
+func (w *Worker) OnDone() {
+	defer w.enterRoot()()
+	if !w.hasWakeQueue {
+		return
+	}
+	var buf [8]string
+	now := w.host.NowMs()
+	dead, _ := w.Cache.LeaveWakers(w.owner, now, buf[:0])
+	w.drainOwners(dead)
+	w.drain(w.wakeQueue)
 }
 
 // wakeOthers tells the other live VMs of this plugin that a token or failure landed in shared
@@ -217,7 +255,7 @@ func (w *Worker) launch(f *flight.Flight) {
 		w.dispatch(f)
 		return
 	}
-	if w.hasWakeQueue {
+	if w.wakeQueueReady(false) {
 		if err := w.host.Enqueue(w.wakeQueue, wakeMessage); err == nil {
 			return
 		}

@@ -70,3 +70,11 @@ func (r *rootContext) NewHttpContext(contextID uint32) types.HttpContext {
 func (r *rootContext) OnTick() { r.worker.OnTick() }
 
 func (r *rootContext) OnQueueReady(queueID uint32) { r.worker.OnQueueReady(queueID) }
+
+// OnPluginDone runs when Envoy tears the plugin down (configuration update, drain).
+func (r *rootContext) OnPluginDone() bool {
+	if r.worker != nil {
+		r.worker.OnDone()
+	}
+	return true
+}
