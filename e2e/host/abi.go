@@ -333,8 +333,9 @@ func hRegisterQueue(v *vm, s []uint64) uint32 {
 	if !ok {
 		return statusInvalidMemoryAccess
 	}
-	// on_queue_ready goes to the root context, also when a stream registers.
-	tok := v.h.queues.register(v.h.cfg.VMID, name, v, v.rootID)
+	// on_queue_ready goes to the root context, also when a stream registers
+	// (ContextBase::registerSharedQueue: isRootContext() ? id_ : parent_context_id_).
+	tok := v.h.queues.register(v.h.cfg.VMID, name, v, v.rootOf(v.current).id)
 	return okOr(v.putU32(w(s, 2), tok))
 }
 
@@ -521,7 +522,7 @@ func (v *vm) buffer(t uint32) ([]byte, bool) {
 	case bufVMConfig:
 		return v.h.cfg.VMConfig, true
 	case bufPluginConfig:
-		return v.h.cfg.PluginConfig, v.showPlug
+		return v.rootOf(v.current).plugin.Config, v.showPlug
 	case bufCallResponseBody:
 		if v.callResp != nil && v.callResp.headers != nil {
 			return v.callResp.body, true
@@ -667,7 +668,7 @@ func hGetMetric(v *vm, s []uint64) uint32 {
 
 func hSetEffectiveContext(v *vm, s []uint64) uint32 {
 	id := w(s, 0)
-	if id != 0 && id != v.rootID && v.streams[id] == nil {
+	if id != 0 && !v.exists(id) {
 		return statusBadArgument // exports.cc: getContext(id) == nullptr
 	}
 	v.effective = id

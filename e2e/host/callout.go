@@ -60,7 +60,7 @@ func (v *vm) httpCall(cluster string, hdrs pairs, body []byte, timeoutMs uint32)
 		return 0, statusInternalFailure // no healthy host: fails inline, no callback
 	}
 	tok := v.nextCall
-	for tok == 0 || v.calls[tok] {
+	for tok == 0 || v.calls[tok] != nil {
 		tok++
 	}
 	v.nextCall = tok + 1
@@ -73,21 +73,23 @@ func (v *vm) httpCall(cluster string, hdrs pairs, body []byte, timeoutMs uint32)
 	if !started {
 		return 0, statusInternalFailure
 	}
-	v.calls[tok] = true
+	// The callout belongs to the dispatching context's root (Context::httpCall on root_context()).
+	v.calls[tok] = v.rootOf(v.current)
 	h.countCallout(cluster)
 	return tok, statusOK
 }
 
 func (v *vm) onCalloutDone(tok uint32, res calloutResult) {
+	root := v.calls[tok]
 	delete(v.calls, tok)
-	if v.failed.Load() {
+	if v.failed.Load() || root == nil {
 		return
 	}
 	v.callResp = &res
 	if res.headers == nil {
 		v.status, v.statusMsg = statusBrokenConnection, "reset"
 	}
-	v.call("proxy_on_http_call_response", v.rootID, uint64(v.rootID), uint64(tok),
+	v.call("proxy_on_http_call_response", root.id, uint64(root.id), uint64(tok),
 		uint64(len(res.headers)), uint64(len(res.body)), 0)
 	v.callResp, v.statusMsg = nil, ""
 }

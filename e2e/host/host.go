@@ -108,10 +108,26 @@ type Config struct {
 	// StreamIdleTimeout bounds how long a held request waits before a 408 (default 5m, Envoy's
 	// stream_idle_timeout; negative: none).
 	StreamIdleTimeout time.Duration
+	// Plugins are further plugin configurations sharing the VMs, as Istio shares one VM per
+	// thread between WasmPlugins of equal image, VM configuration and vm_id: each gets its own
+	// root context in every VM (ids 2, 3, ... after the first plugin's 1) and its own listener
+	// (PluginURL), whose requests go through that plugin only (WasmPlugin match by port).
+	Plugins []Plugin
+	// DeferredLog imitates HTTP/3 (QuicStatsGatherer): a stream's on_log comes after its
+	// on_done and on_delete, DeferredLogDelay (default 20ms) later.
+	DeferredLog      bool
+	DeferredLogDelay time.Duration
 	// PerConnection routes every connection to one worker (as Envoy does) instead of sending
 	// each request to the next worker in turn (the default, so tests spread requests without
 	// opening connections).
 	PerConnection bool
+}
+
+// Plugin is one more plugin configuration (Config.Plugins).
+type Plugin struct {
+	Name   string // plugin_name
+	RootID string // plugin_root_id
+	Config []byte // read in its root's on_configure
 }
 
 // StartError is returned by Start when the module does not load, start or configure. Logs
@@ -139,6 +155,8 @@ type Host struct {
 	ln         net.Listener
 	served     chan struct{}
 
+	plugins []*Plugin // Config's own plugin first, then Config.Plugins
+	extra   []net.Listener
 	shared  *sharedData
 	queues  *sharedQueues
 	metrics *metrics
@@ -182,6 +200,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		cfg.CalloutBodyLimit = 1 << 20
 	}
 	cfg.RouteTimeout = orDefault(cfg.RouteTimeout, 15*time.Second)
+	cfg.DeferredLogDelay = orDefault(cfg.DeferredLogDelay, 20*time.Millisecond)
 	cfg.StreamIdleTimeout = orDefault(cfg.StreamIdleTimeout, 5*time.Minute)
 	if cfg.UpstreamCluster != "" {
 		if _, ok := cfg.Clusters[cfg.UpstreamCluster]; !ok {
@@ -191,6 +210,10 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	h := &Host{cfg: cfg, shared: newSharedData(), queues: newSharedQueues(),
 		metrics: &metrics{byName: map[string]*metric{}}, changed: make(chan struct{}),
 		callouts: map[string]int{}, closing: make(chan struct{}), served: make(chan struct{})}
+	h.plugins = append(h.plugins, &Plugin{Name: cfg.PluginName, RootID: cfg.RootID, Config: cfg.PluginConfig})
+	for i := range cfg.Plugins {
+		h.plugins = append(h.plugins, &cfg.Plugins[i])
+	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.calloutCtx, h.stopCalls = context.WithCancel(h.ctx)
 	h.transport = &http.Transport{
@@ -229,19 +252,38 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		return fail(err)
 	}
 	for i := 0; i < cfg.Workers; i++ {
-		v, err := h.newVM(i, true)
+		h.workers = append(h.workers, &slot{idx: i})
+	}
+	for _, s := range h.workers {
+		v, err := h.newVM(s.idx, true)
 		if err != nil {
 			return fail(err)
 		}
-		h.workers = append(h.workers, &slot{idx: i, vm: v})
+		s.set(v)
 	}
 	if h.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return fail(err)
 	}
+	for range cfg.Plugins {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fail(err)
+		}
+		h.extra = append(h.extra, ln)
+	}
 	h.srv = &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ConnContext: h.connContext}
 	go func() {
 		defer close(h.served)
+		var wg sync.WaitGroup
+		for i, ln := range h.extra {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = h.srv.Serve(pluginListener{ln, i + 1})
+			}()
+		}
 		_ = h.srv.Serve(h.ln)
+		wg.Wait()
 	}()
 	return h, nil
 }
@@ -258,6 +300,48 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // URL is the listener's base URL, e.g. "http://127.0.0.1:41234".
 func (h *Host) URL() string { return "http://" + h.ln.Addr().String() }
+
+// PluginURL is the base URL of the listener of Config.Plugins[i].
+func (h *Host) PluginURL(i int) string { return "http://" + h.extra[i].Addr().String() }
+
+// threadOf answers which VM runs on worker's thread now: the slot's current VM for a worker
+// (a FAIL_RELOAD replaces it), the main-thread VM for the main thread (where the canary runs
+// too), v itself otherwise.
+func (h *Host) threadOf(worker int, v *vm) func() *vm {
+	switch {
+	case worker >= 0:
+		return func() *vm {
+			if cur := h.workers[worker].cur.Load(); cur != nil {
+				return cur
+			}
+			return v // still starting
+		}
+	case worker == WorkerMain || worker == WorkerCanary:
+		return func() *vm { return h.main }
+	}
+	return func() *vm { return v }
+}
+
+// pluginListener marks its connections with the plugin whose filter chain they go through.
+type pluginListener struct {
+	net.Listener
+	plugin int
+}
+
+type pluginKey struct{}
+
+type pluginConn struct {
+	net.Conn
+	plugin int
+}
+
+func (l pluginListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return pluginConn{c, l.plugin}, nil
+}
 
 // Close stops the listener (open requests end as if their clients went away), cancels
 // outstanding callouts without calling back, runs on_done and on_delete on every root
@@ -282,7 +366,9 @@ func (h *Host) shutdown() {
 		h.transport.CloseIdleConnections()
 		var vms []*vm
 		for _, s := range h.workers {
-			vms = append(vms, s.vm)
+			if s.vm != nil {
+				vms = append(vms, s.vm)
+			}
 		}
 		if h.main != nil {
 			vms = append(vms, h.main)
@@ -326,6 +412,12 @@ type slot struct {
 	idx int
 	mu  sync.Mutex
 	vm  *vm
+	cur atomic.Pointer[vm] // vm, readable without mu (queue wake-ups look it up)
+}
+
+func (s *slot) set(v *vm) {
+	s.vm = v
+	s.cur.Store(v)
 }
 
 type mode int
@@ -355,7 +447,7 @@ func (s *slot) get(h *Host) (*vm, mode) {
 		h.mu.Lock()
 		h.retired = append(h.retired, s.vm)
 		h.mu.Unlock()
-		s.vm = v
+		s.set(v)
 		return v, modeFilter
 	}
 	return nil, modeFailed
@@ -363,7 +455,10 @@ func (s *slot) get(h *Host) (*vm, mode) {
 
 type connWorkerKey struct{}
 
-func (h *Host) connContext(ctx context.Context, _ net.Conn) context.Context {
+func (h *Host) connContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(pluginConn); ok {
+		ctx = context.WithValue(ctx, pluginKey{}, pc.plugin)
+	}
 	if !h.cfg.PerConnection {
 		return ctx
 	}

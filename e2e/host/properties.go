@@ -22,9 +22,9 @@ func (v *vm) property(path string) ([]byte, uint32) {
 	}
 	switch parts[0] {
 	case "plugin_name":
-		return one(cfg.PluginName)
+		return one(v.rootOf(v.current).plugin.Name)
 	case "plugin_root_id":
-		return one(cfg.RootID)
+		return one(v.rootOf(v.current).plugin.RootID)
 	case "plugin_vm_id":
 		return one(cfg.VMID)
 	}

@@ -96,7 +96,7 @@ type sharedQueues struct {
 
 type queue struct {
 	items     [][]byte
-	vm        *vm
+	thread    func() *vm // the registrant's thread's current VM
 	contextID uint32
 }
 
@@ -120,7 +120,7 @@ func (q *sharedQueues) register(vmID, name string, v *vm, contextID uint32) uint
 		q.tokens[key] = tok
 		q.queues[tok] = &queue{}
 	}
-	q.queues[tok].vm, q.queues[tok].contextID = v, contextID
+	q.queues[tok].thread, q.queues[tok].contextID = v.thread, contextID
 	return tok
 }
 
@@ -167,10 +167,13 @@ func (q *sharedQueues) enqueue(tok uint32, value []byte) uint32 {
 		return statusNotFound
 	}
 	e.items = append(e.items, append([]byte(nil), value...))
-	target, ctxID := e.vm, e.contextID
+	thread, ctxID := e.thread, e.contextID
 	q.mu.Unlock()
-	// call_on_thread: the registrant's VM runs on_queue_ready later, on its own loop.
-	target.post(func() { target.onQueueReady(ctxID, tok) })
+	// call_on_thread: on_queue_ready runs later on the registrant's thread, in whatever VM runs
+	// there now (getThreadLocalWasm), on whatever context has the registrant's id.
+	if target := thread(); target != nil {
+		target.post(func() { target.onQueueReady(ctxID, tok) })
+	}
 	return statusOK
 }
 

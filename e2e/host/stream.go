@@ -54,6 +54,8 @@ type stream struct {
 	cancelUp context.CancelFunc // aborts the upstream exchange (set by the handler)
 
 	id        uint32
+	plugin    int      // which plugin configuration's listener took the request
+	root      *rootCtx // that plugin's root context in v
 	phase     phase
 	created   bool
 	paused    bool // the phase's callback stopped iteration and nothing resumed it yet
@@ -84,8 +86,9 @@ func (s *stream) begin(endOfStream bool) {
 		return
 	}
 	s.id = v.newContextID()
+	s.root = v.roots[s.plugin]
 	v.streams[s.id] = s
-	if _, _, ok := v.call("proxy_on_context_create", s.id, uint64(s.id), uint64(v.rootID)); !ok {
+	if _, _, ok := v.call("proxy_on_context_create", s.id, uint64(s.id), uint64(s.root.id)); !ok {
 		s.afterFailure()
 		return
 	}
@@ -241,8 +244,13 @@ func (s *stream) idleTimeout() {
 	}
 }
 
-// finish ends the stream: on_done, on_log (with the final request and response headers
-// readable) and on_delete, unless the VM failed (then Envoy calls nothing).
+// finish ends the stream as Envoy does, unless the VM failed (then Envoy calls nothing):
+// HTTP/1 and HTTP/2 log first (doDeferredStreamDestroy runs the access loggers, then destroys
+// the filters; Context::onDestroy calls onDone then onDelete): on_log (with the final request
+// and response headers readable), on_done, on_delete. With Config.DeferredLog (HTTP/3's
+// QuicStatsGatherer) the filters are destroyed first and on_log comes later, after on_delete.
+// Either way the C++ context outlives on_delete a little (deferred deletion): until then
+// proxy_set_effective_context on its id succeeds and stream calls on it answer Ok doing nothing.
 func (s *stream) finish() {
 	if s.phase == phDone {
 		return
@@ -250,14 +258,32 @@ func (s *stream) finish() {
 	s.phase = phDone
 	s.reqOpen, s.respOpen = false, false
 	v := s.v
-	if s.created {
-		v.call("proxy_on_done", s.id, uint64(s.id))
-		s.logPhase = true
-		v.call("proxy_on_log", s.id, uint64(s.id))
-		s.logPhase = false
-		v.call("proxy_on_delete", s.id, uint64(s.id))
-	}
 	delete(v.streams, s.id)
+	if !s.created {
+		return
+	}
+	v.zombies[s.id] = s
+	if !v.h.cfg.DeferredLog {
+		s.log()
+	}
+	v.call("proxy_on_done", s.id, uint64(s.id))
+	v.call("proxy_on_delete", s.id, uint64(s.id))
+	if !v.h.cfg.DeferredLog {
+		v.post(func() { delete(v.zombies, s.id) })
+		return
+	}
+	time.AfterFunc(v.h.cfg.DeferredLogDelay, func() {
+		v.post(func() {
+			s.log()
+			delete(v.zombies, s.id)
+		})
+	})
+}
+
+func (s *stream) log() {
+	s.logPhase = true
+	s.v.call("proxy_on_log", s.id, uint64(s.id))
+	s.logPhase = false
 }
 
 // await waits for the loop's next outcome, for the client to go away, or for the host to close
@@ -308,6 +334,9 @@ func (h *Host) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s := &stream{h: h, v: v, out: make(chan outcome, 4), remote: r.RemoteAddr, protocol: r.Proto,
 		start: time.Now(), req: req}
+	if i, ok := r.Context().Value(pluginKey{}).(int); ok {
+		s.plugin = i
+	}
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(interface{ String() string }); ok {
 		s.local = la.String()
 	}

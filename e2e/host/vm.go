@@ -42,17 +42,22 @@ type vm struct {
 	stopIter  bool            // set by send_local_response: the running callback counts as a stop
 	current   uint32          // context of the running callback
 	effective uint32          // proxy_set_effective_context
-	rootID    uint32
+	roots     []*rootCtx      // one per plugin configuration sharing this VM, in Config order
 	nextID    uint32
 	streams   map[uint32]*stream
-	showPlug  bool // the plugin configuration is readable (on_context_create / on_configure of the root)
-	tickEvery time.Duration
-	tick      *time.Timer
+	// zombies are streams whose on_delete ran but whose C++ context still exists (Envoy's
+	// deferred deletion, HTTP/3's deferred logging): proxy_set_effective_context still works
+	// on them and stream calls answer Ok doing nothing.
+	zombies  map[uint32]*stream
+	showPlug bool // the plugin configuration is readable (on_context_create / on_configure of the root)
+	// thread is the VM that currently runs on this VM's thread (itself until a FAIL_RELOAD
+	// replaces it): Envoy delivers a queue's wake-ups to the thread's current Wasm by context id.
+	thread    func() *vm
 	callResp  *calloutResult // the callout answer, readable only during its callback
 	nextCall  uint32
-	calls     map[uint32]bool
-	trapMsg   string // first line of the trap that failed the VM
-	status    uint32 // proxy_get_status
+	calls     map[uint32]*rootCtx // pending callouts: the root each belongs to
+	trapMsg   string              // first line of the trap that failed the VM
+	status    uint32              // proxy_get_status
 	statusMsg string
 	metricIDs map[uint32]*metric
 	nextMet   [3]uint32
@@ -92,7 +97,9 @@ func allowSet(env []string, wasi ...string) map[string]bool {
 // plugin it also creates the root context and runs on_vm_start and on_configure.
 func (h *Host) newVM(worker int, plugin bool) (*vm, error) {
 	v := &vm{h: h, worker: worker, wake: make(chan struct{}, 1), done: make(chan struct{}),
-		nextID: 1, streams: map[uint32]*stream{}, calls: map[uint32]bool{}, metricIDs: map[uint32]*metric{}}
+		nextID: 1, streams: map[uint32]*stream{}, zombies: map[uint32]*stream{},
+		calls: map[uint32]*rootCtx{}, metricIDs: map[uint32]*metric{}}
+	v.thread = h.threadOf(worker, v)
 	v.ctx = context.WithValue(h.ctx, vmKey{}, v)
 	name := fmt.Sprintf("vm-%d", h.vmSeq.Add(1))
 	mod, err := h.rt.InstantiateModule(v.ctx, h.compiled, wazero.NewModuleConfig().WithName(name).WithStartFunctions())
@@ -153,31 +160,84 @@ func (v *vm) initialize() error {
 	return nil
 }
 
-// startPlugin is ContextBase::onStart and onConfigure for the VM's root context.
+// rootCtx is one plugin configuration's root context in a VM, with its own tick timer
+// (Wasm::setTimerPeriod is per root context id).
+type rootCtx struct {
+	id        uint32
+	plugin    *Plugin
+	tickEvery time.Duration
+	tick      *time.Timer
+}
+
+// startPlugin is ContextBase::onStart and onConfigure for each plugin's root context; every
+// plugin sharing the VM gets its own (ids 1, 2, ...).
 func (v *vm) startPlugin() error {
+	for _, p := range v.h.plugins {
+		r := &rootCtx{id: v.newContextID(), plugin: p}
+		v.roots = append(v.roots, r)
+		if err := v.startRoot(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *vm) startRoot(r *rootCtx) error {
 	cfg := &v.h.cfg
-	v.rootID = v.newContextID()
 	v.showPlug = true
-	_, _, ok := v.call("proxy_on_context_create", v.rootID, uint64(v.rootID), 0)
+	_, _, ok := v.call("proxy_on_context_create", r.id, uint64(r.id), 0)
 	v.showPlug = false
 	if !ok {
 		return fmt.Errorf("Failed to start thread-local Wasm: %s", v.lastTrap())
 	}
-	if v.fns["proxy_on_vm_start"] != nil {
-		r, _, ok := v.call("proxy_on_vm_start", v.rootID, uint64(v.rootID), uint64(len(cfg.VMConfig)))
-		if !ok || uint32(r) == 0 {
+	if v.fns["proxy_on_vm_start"] != nil && r == v.roots[0] {
+		res, _, ok := v.call("proxy_on_vm_start", r.id, uint64(r.id), uint64(len(cfg.VMConfig)))
+		if !ok || uint32(res) == 0 {
 			return fmt.Errorf("Failed to start thread-local Wasm: proxy_on_vm_start %s", falseOrTrap(ok, v))
 		}
 	}
 	if v.fns["proxy_on_configure"] != nil {
 		v.showPlug = true
-		r, _, ok := v.call("proxy_on_configure", v.rootID, uint64(v.rootID), uint64(len(cfg.PluginConfig)))
+		res, _, ok := v.call("proxy_on_configure", r.id, uint64(r.id), uint64(len(r.plugin.Config)))
 		v.showPlug = false
-		if !ok || uint32(r) == 0 {
-			return fmt.Errorf("Failed to configure thread-local Wasm plugin: proxy_on_configure %s", falseOrTrap(ok, v))
+		if !ok || uint32(res) == 0 {
+			return fmt.Errorf("Failed to configure thread-local Wasm plugin %q: proxy_on_configure %s", r.plugin.Name, falseOrTrap(ok, v))
 		}
 	}
 	return nil
+}
+
+// root is the root context with that id, or nil.
+func (v *vm) root(id uint32) *rootCtx {
+	for _, r := range v.roots {
+		if r.id == id {
+			return r
+		}
+	}
+	return nil
+}
+
+// rootOf is the root context a context belongs to (itself for a root): ContextBase::root_context.
+func (v *vm) rootOf(id uint32) *rootCtx {
+	if r := v.root(id); r != nil {
+		return r
+	}
+	if s := v.streams[id]; s != nil {
+		return s.root
+	}
+	if s := v.zombies[id]; s != nil {
+		return s.root
+	}
+	if len(v.roots) > 0 {
+		return v.roots[0]
+	}
+	return &rootCtx{plugin: v.h.plugins[0]}
+}
+
+// exists is WasmBase::getContext(id) != nullptr: a root, a live stream, or a deleted stream
+// whose C++ context has not been destroyed yet.
+func (v *vm) exists(id uint32) bool {
+	return v.root(id) != nil || v.streams[id] != nil || v.zombies[id] != nil
 }
 
 func falseOrTrap(ok bool, v *vm) string {
@@ -191,7 +251,7 @@ func (v *vm) newContextID() uint32 {
 	for {
 		id := v.nextID
 		v.nextID++
-		if id != 0 && id != v.rootID && v.streams[id] == nil {
+		if id != 0 && !v.exists(id) {
 			return id
 		}
 	}
@@ -212,7 +272,7 @@ func (v *vm) call(name string, ctxID uint32, args ...uint64) (uint64, bool, bool
 	prevCur, prevEff := v.current, v.effective
 	v.current, v.effective = ctxID, 0
 	outer := v.depth == 0
-	kind := CallKind{Export: name, Root: v.streams[ctxID] == nil}
+	kind := CallKind{Export: name, Root: v.root(ctxID) != nil || (v.streams[ctxID] == nil && v.zombies[ctxID] == nil)}
 	v.depth++
 	begin := time.Now()
 	res, err := f.Call(v.ctx, args...)
@@ -254,9 +314,7 @@ func (v *vm) trap(name string, err error) {
 	msg = strings.TrimSuffix(msg, " (recovered by wazero)")
 	v.trapMsg = msg
 	v.after = nil
-	if v.tick != nil {
-		v.tick.Stop()
-	}
+	v.stopTicks()
 	if v.h.ctx.Err() == nil {
 		v.h.addLog(LogError, v.worker, "Function: "+name+" failed: "+msg, true)
 	}
@@ -266,29 +324,19 @@ func (v *vm) trap(name string, err error) {
 func (v *vm) loop() {
 	defer close(v.done)
 	for !v.exit {
-		var tickC <-chan time.Time
-		if v.tick != nil {
-			tickC = v.tick.C
-		}
-		select {
-		case <-v.wake:
-			v.mu.Lock()
-			q := v.queue
-			v.queue = nil
-			v.mu.Unlock()
-			for _, fn := range q {
-				if v.exit {
-					break // the rest is dropped: the VM is gone
-				}
-				fn()
+		<-v.wake
+		v.mu.Lock()
+		q := v.queue
+		v.queue = nil
+		v.mu.Unlock()
+		for _, fn := range q {
+			if v.exit {
+				break // the rest is dropped: the VM is gone
 			}
-		case <-tickC:
-			v.onTick()
+			fn()
 		}
 	}
-	if v.tick != nil {
-		v.tick.Stop()
-	}
+	v.stopTicks()
 	v.mu.Lock()
 	v.stopped = true
 	v.queue = nil
@@ -328,9 +376,11 @@ func (v *vm) close() { v.stop(false) }
 
 func (v *vm) stop(shutdown bool) {
 	v.post(func() {
-		if shutdown && v.rootID != 0 {
-			v.call("proxy_on_done", v.rootID, uint64(v.rootID))
-			v.call("proxy_on_delete", v.rootID, uint64(v.rootID))
+		if shutdown {
+			for _, r := range v.roots {
+				v.call("proxy_on_done", r.id, uint64(r.id))
+				v.call("proxy_on_delete", r.id, uint64(r.id))
+			}
 		}
 		v.exit = true
 	})
@@ -338,36 +388,49 @@ func (v *vm) stop(shutdown bool) {
 	_ = v.mod.Close(context.Background())
 }
 
-func (v *vm) onTick() {
-	if v.failed.Load() {
+func (v *vm) onTick(r *rootCtx) {
+	if v.failed.Load() || r.tick == nil {
 		return
 	}
-	v.call("proxy_on_tick", v.rootID, uint64(v.rootID))
-	if v.tick != nil && v.tickEvery > 0 && !v.failed.Load() {
-		v.tick.Reset(v.tickEvery)
+	v.call("proxy_on_tick", r.id, uint64(r.id))
+	if r.tick != nil && r.tickEvery > 0 && !v.failed.Load() {
+		r.tick.Reset(r.tickEvery)
 	}
 }
 
-// setTick is Wasm::setTimerPeriod: 0 stops the timer, anything else (re)arms it; the timer is
-// re-armed after each on_tick returns.
+// setTick is Wasm::setTimerPeriod for the calling context's root: 0 stops its timer, anything
+// else (re)arms it; the timer is re-armed after each on_tick returns. The timer posts the tick
+// to the loop, like any other event.
 func (v *vm) setTick(ms uint32) {
-	v.tickEvery = time.Duration(ms) * time.Millisecond
+	r := v.rootOf(v.current)
+	r.tickEvery = time.Duration(ms) * time.Millisecond
 	if ms == 0 {
-		if v.tick != nil {
-			v.tick.Stop()
-			v.tick = nil
+		if r.tick != nil {
+			r.tick.Stop()
+			r.tick = nil
 		}
 		return
 	}
-	if v.tick == nil {
-		v.tick = time.NewTimer(v.tickEvery)
+	if r.tick == nil {
+		r.tick = time.AfterFunc(r.tickEvery, func() { v.post(func() { v.onTick(r) }) })
 	} else {
-		v.tick.Reset(v.tickEvery)
+		r.tick.Reset(r.tickEvery)
 	}
 }
 
+func (v *vm) stopTicks() {
+	for _, r := range v.roots {
+		if r.tick != nil {
+			r.tick.Stop()
+		}
+	}
+}
+
+// onQueueReady is the wake-up of SharedQueue::enqueue, run on the thread's current VM: it goes
+// to whatever context has the registrant's id now (WasmBase::getContext), a stream or another
+// plugin's root included, and nowhere if none has.
 func (v *vm) onQueueReady(ctxID, token uint32) {
-	if v.failed.Load() || (ctxID != v.rootID && v.streams[ctxID] == nil) {
+	if v.failed.Load() || !v.exists(ctxID) {
 		return
 	}
 	v.call("proxy_on_queue_ready", ctxID, uint64(ctxID), uint64(token))
@@ -376,10 +439,13 @@ func (v *vm) onQueueReady(ctxID, token uint32) {
 // target is contextOrEffectiveContext: the stream a host call acts on, or nil for the root.
 func (v *vm) target() *stream {
 	id := v.current
-	if v.effective != 0 && (v.effective == v.rootID || v.streams[v.effective] != nil) {
+	if v.effective != 0 && v.exists(v.effective) {
 		id = v.effective
 	}
-	return v.streams[id]
+	if s := v.streams[id]; s != nil {
+		return s
+	}
+	return v.zombies[id] // its phase is phDone: stream calls do nothing
 }
 
 // Memory access. Out-of-bounds accesses report false (InvalidMemoryAccess / EFAULT).
