@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -39,6 +40,11 @@ type envOptions struct {
 	beforeProxy func(*idp.IdP)
 	// secret overrides the client secret the proxy is given (default: the right one).
 	secret string
+	// istio runs the plugin as Istio does: vm_id "", shared with every other plugin.
+	istio bool
+	// plugins are further plugin configurations (filled in like plugin) sharing the VMs, each
+	// with its own listener (e.proxy.PluginURL(i)).
+	plugins []string
 }
 
 const (
@@ -78,12 +84,24 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.secret != "" {
 		secret.Secret = o.secret
 	}
-	plugin := `{"tokenEndpoint":"` + p.TokenEndpoint() + `","cluster":"idp","clientId":"` + filterClient +
-		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET",` + o.plugin + `}`
+	fill := func(fragment string) []byte {
+		return []byte(`{"tokenEndpoint":"` + p.TokenEndpoint() + `","cluster":"idp","clientId":"` + filterClient +
+			`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET",` + fragment + `}`)
+	}
+	vmID := "token-exchange"
+	if o.istio {
+		vmID = ""
+	}
+	var more []host.Plugin
+	for i, fragment := range o.plugins {
+		name := fmt.Sprintf("token-exchange-%d", i+2)
+		more = append(more, host.Plugin{Name: name, RootID: name, Config: fill(fragment)})
+	}
 	px, err := host.Start(context.Background(), host.Config{
 		Module:          module,
-		PluginConfig:    []byte(plugin),
-		VMID:            "token-exchange",
+		PluginConfig:    fill(o.plugin),
+		Plugins:         more,
+		VMID:            vmID,
 		RootID:          "token-exchange",
 		PluginName:      "token-exchange",
 		Workers:         o.workers,
@@ -177,7 +195,11 @@ func (e *env) do(ctx context.Context, path, userToken string, headers ...string)
 // send sends GET path through the proxy and hands every token the upstream received to remember
 // (for the check that no log line holds one).
 func (e *env) send(ctx context.Context, path, userToken string, remember func(string), headers ...string) (reply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.proxy.URL()+path, nil)
+	url := e.proxy.URL() + path
+	if strings.HasPrefix(path, "http://") { // another listener (envOptions.plugins)
+		url = path
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return reply{}, err
 	}

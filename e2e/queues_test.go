@@ -54,3 +54,15 @@ func TestE2E_QueueItemsStayFlat(t *testing.T) {
 		t.Fatalf("after %d exchanges %d items (%d bytes) wait in shared queues, want at most %d: a dead VM's queue grows", n, items, bytes, maxPending)
 	}
 }
+
+// No VM that never serves registers a queue: the canary (started, configured, dropped) leaves
+// none behind in Envoy's heap. (The module of the previous round left one: it registered in
+// OnPluginStart.)
+func TestE2E_CanaryLeavesNoQueue(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2})
+	e.idp.AddUser(idp.User{Username: "alice", Password: "pw"})
+	e.wantUserToken(e.get("/", e.userToken("alice")), "alice")
+	if n := e.proxy.DeadQueues(); n != 0 {
+		t.Fatalf("%d queues whose VM is gone, want 0", n)
+	}
+}

@@ -50,7 +50,7 @@ func TestSharedDataCAS(t *testing.T) {
 func TestQueueReadyIsAsynchronous(t *testing.T) {
 	h := startProbe(t, Config{Workers: 1})
 	probe(t, h, "enqueue-own", nil)
-	l := waitLog(t, h, `queue ready (own): "enqueue-own" ok`)
+	l := waitLog(t, h, `queue ready (own)`, `"enqueue-own" ok`)
 	if !strings.HasSuffix(l.Message, "inside a request: false") || l.Worker != 0 {
 		t.Errorf("wake-up %+v: want it on worker 0, after the request callback returned", l)
 	}
@@ -75,7 +75,7 @@ func indexOf(logs []Log, l Log) int {
 func TestQueueWakesLastRegistrant(t *testing.T) {
 	h := startProbe(t, Config{Workers: 3})
 	probe(t, h, "enqueue-shared", nil) // first request: worker 0
-	l := waitLog(t, h, `queue ready (shared): "enqueue-shared"`)
+	l := waitLog(t, h, `queue ready (shared)`, `"enqueue-shared"`)
 	if l.Worker != 2 {
 		t.Errorf("wake-up on worker %d, want 2 (the last registrant)", l.Worker)
 	}

@@ -24,7 +24,10 @@
 // canary VM is started and configured then dropped, then a main-thread VM and one VM per
 // worker each get their own root context: proxy_on_context_create(root, 0),
 // proxy_on_vm_start, proxy_on_configure (the plugin configuration is readable only there).
-// OnPluginStart therefore runs Workers+2 times. Any failure fails Start.
+// OnPluginStart therefore runs Workers+2 times. Any failure fails Start. With Config.Plugins,
+// further plugin configurations share every VM, as Istio shares one VM per thread between
+// WasmPlugins of equal image, VM configuration and vm_id: each has its own root context (ids
+// 2, 3, ...), configuration, properties and tick timer, and its own listener (PluginURL).
 //
 // Threads: every VM is single-threaded. It runs on its own goroutine, and every call into it
 // (requests, callout answers, ticks, queue wake-ups) is posted to that loop. Host calls that
@@ -41,7 +44,12 @@
 // through on_response_headers with :status, then go to the client, body streamed and flushed
 // chunk by chunk. A local reply works while held and from any callback; once response headers
 // went out it resets the stream. When a stream ends, also because its client went away while
-// held, on_done, on_log (headers readable again) and on_delete are called.
+// held, on_log (headers readable again), on_done and on_delete are called, in that order
+// (doDeferredStreamDestroy logs, then destroys the filters; Context::onDestroy calls onDone,
+// then onDelete). Config.DeferredLog imitates HTTP/3 (QuicStatsGatherer): on_log comes after
+// on_delete, where the Go SDK drops it. A deleted stream's context lingers until the host drops
+// it (the next loop turn, or the deferred on_log): proxy_set_effective_context on it succeeds
+// and stream calls answer Ok doing nothing, as in Envoy, whose C++ context outlives on_delete.
 //
 // Failures: a trap (any error from a call into the module, including a Go panic) fails the
 // VM: no further call enters it. The trapping request gets 503, except under FailOpen, where
@@ -50,8 +58,10 @@
 // Requests already held on the failed VM stay held, as in Envoy, until their client leaves or
 // the stream idle timeout (Config.StreamIdleTimeout) ends them.
 //
-// Callouts: proxy_http_call belongs to the root context and goes over real HTTP to the
-// cluster's address. Unknown cluster, or :method, :path or :authority missing: BadArgument.
+// Callouts: proxy_http_call belongs to the calling context's root context and goes over real
+// HTTP to the cluster's address. Unknown cluster, or :method, :path or :authority missing:
+// BadArgument. A cluster with no healthy host (SetClusterHealthy) fails inline:
+// InternalFailure and no callback (Context::httpCall).
 // The answer arrives on the dispatching VM's loop as proxy_on_http_call_response(root, token,
 // headers, body size, 0): with :status; 504 "upstream request timeout" after timeout_ms (0 is
 // none); 503 "upstream connect error or disconnect/reset before headers. reset reason:
@@ -61,9 +71,15 @@
 //
 // Shared state, per Host (one Host is one Envoy process): shared data per vm_id with one
 // global CAS counter (0 unconditional; ignored on a key that does not exist yet; else it must
-// match or CasMismatch; empty values are values); shared queues keyed by (vm_id, name) whose
-// wake-ups go, asynchronously, to the last registrant's VM; metrics by name (counter, gauge,
-// histogram); ticks per VM, re-armed after each on_tick. proxy_set_effective_context with an
+// match or CasMismatch; empty values are values), which another plugin of the same vm_id can
+// write (SetSharedData; Istio's vm_id is ""); shared queues keyed by (vm_id, name), registered
+// for the calling context's root (ContextBase::registerSharedQueue), that outlive their VM
+// (enqueue keeps appending; QueueItems, DeadQueues) and whose wake-ups go, asynchronously, to
+// the VM that runs on the last registrant's thread now, to whatever context has the
+// registrant's id there, a stream or another plugin's root included (src/shared_queue.cc,
+// getThreadLocalWasm; the Go SDK panics on a stream id); metrics by name (counter, gauge,
+// histogram); ticks per root context, re-armed after each on_tick. Config.TraceCalls logs every
+// call into the module, so tests can check the order of callbacks. proxy_set_effective_context with an
 // id that is not a live context answers BadArgument (exports.cc; the ABI spec says NotFound).
 // Properties: plugin_name, plugin_root_id, plugin_vm_id everywhere; xds.cluster_name,
 // xds.route_name, request.*, response.code, response.headers.*, source.*, destination.* in

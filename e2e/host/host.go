@@ -117,6 +117,9 @@ type Config struct {
 	// on_done and on_delete, DeferredLogDelay (default 20ms) later.
 	DeferredLog      bool
 	DeferredLogDelay time.Duration
+	// TraceCalls records every outermost call into a module as a host log line
+	// "call <export> <context id>", so tests can check the order of callbacks among the logs.
+	TraceCalls bool
 	// PerConnection routes every connection to one worker (as Envoy does) instead of sending
 	// each request to the next worker in turn (the default, so tests spread requests without
 	// opening connections).
@@ -604,6 +607,18 @@ func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
 // QueueItems is the number of items and bytes waiting in shared queues (every vm_id), dead
 // VMs' queues included: Envoy keeps those until the last VM of their vm_id dies.
 func (h *Host) QueueItems() (items, bytes int) { return h.queues.size() }
+
+// SetSharedData writes key in vm_id's shared data unconditionally, as another plugin with
+// that vm_id (in Istio every WasmPlugin has vm_id "") can.
+func (h *Host) SetSharedData(vmID, key string, value []byte) {
+	h.shared.set(vmID, key, value, 0)
+	h.notify()
+}
+
+// DeadQueues is the number of shared queues whose registrant VM is gone (stopped, like the
+// canary, or failed). Envoy keeps them, and whatever is enqueued to them, while any VM of
+// their vm_id lives.
+func (h *Host) DeadQueues() int { return h.queues.dead() }
 
 // SharedDataKeys is the number of keys in shared data (every vm_id).
 func (h *Host) SharedDataKeys() int { _, k := h.shared.size(); return k }

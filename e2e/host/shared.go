@@ -97,6 +97,7 @@ type sharedQueues struct {
 type queue struct {
 	items     [][]byte
 	thread    func() *vm // the registrant's thread's current VM
+	owner     *vm        // the registrant
 	contextID uint32
 }
 
@@ -120,7 +121,7 @@ func (q *sharedQueues) register(vmID, name string, v *vm, contextID uint32) uint
 		q.tokens[key] = tok
 		q.queues[tok] = &queue{}
 	}
-	q.queues[tok].thread, q.queues[tok].contextID = v.thread, contextID
+	q.queues[tok].thread, q.queues[tok].owner, q.queues[tok].contextID = v.thread, v, contextID
 	return tok
 }
 
@@ -136,6 +137,20 @@ func (q *sharedQueues) size() (items, bytes int) {
 		}
 	}
 	return items, bytes
+}
+
+// dead counts the queues whose registrant VM stopped or failed: nobody will dequeue from them
+// unless another VM does it on purpose.
+func (q *sharedQueues) dead() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, e := range q.queues {
+		if e.owner != nil && (e.owner.closed.Load() || e.owner.failed.Load()) {
+			n++
+		}
+	}
+	return n
 }
 
 func (q *sharedQueues) resolve(vmID, name string) uint32 {

@@ -26,6 +26,7 @@ type vm struct {
 	malloc api.Function
 	ctx    context.Context // carries the vm to host functions
 	failed atomic.Bool
+	closed atomic.Bool // stopped: the canary, a replaced VM, or every VM at shutdown
 	pages  atomic.Uint32
 
 	mu      sync.Mutex // guards queue and stopped
@@ -272,6 +273,9 @@ func (v *vm) call(name string, ctxID uint32, args ...uint64) (uint64, bool, bool
 	prevCur, prevEff := v.current, v.effective
 	v.current, v.effective = ctxID, 0
 	outer := v.depth == 0
+	if outer && v.h.cfg.TraceCalls {
+		v.h.addLog(LogTrace, v.worker, fmt.Sprintf("call %s %d", name, ctxID), true)
+	}
 	kind := CallKind{Export: name, Root: v.root(ctxID) != nil || (v.streams[ctxID] == nil && v.zombies[ctxID] == nil)}
 	v.depth++
 	begin := time.Now()
@@ -385,6 +389,7 @@ func (v *vm) stop(shutdown bool) {
 		v.exit = true
 	})
 	<-v.done
+	v.closed.Store(true)
 	_ = v.mod.Close(context.Background())
 }
 

@@ -66,7 +66,9 @@ func (r *root) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogInfof("root property %s = %q (%s)", p, v, errText(err))
 	}
 	r.shared, _ = proxywasm.RegisterSharedQueue("probe-shared")
-	r.own, _ = proxywasm.RegisterSharedQueue("probe-own-" + strconv.FormatUint(rand.Uint64(), 16))
+	own := "probe-own-" + strconv.FormatUint(rand.Uint64(), 16)
+	r.own, _ = proxywasm.RegisterSharedQueue(own)
+	proxywasm.LogInfof("root %d own queue %s", r.id, own)
 	r.requests = proxywasm.DefineCounterMetric("probe_requests")
 	r.gauge = proxywasm.DefineGaugeMetric("probe_gauge")
 	r.hist = proxywasm.DefineHistogramMetric("probe_hist")
@@ -85,6 +87,11 @@ func (r *root) OnTick() {
 		proxywasm.LogInfof("effective context of deleted stream %d: %s", id, errText(proxywasm.SetEffectiveContext(id)))
 	}
 	r.gone = nil
+	// Held streams are probed every tick (one may be gone without this module being told: the
+	// SDK reports no on_done or on_delete to streams).
+	for id := range r.held {
+		proxywasm.LogInfof("effective context of held-stream %d: %s", id, errText(proxywasm.SetEffectiveContext(id)))
+	}
 	if len(r.held) == 0 {
 		return
 	}
@@ -102,11 +109,14 @@ func (r *root) OnTick() {
 
 func (r *root) OnQueueReady(id uint32) {
 	data, err := proxywasm.DequeueSharedQueue(id)
-	which := "shared"
-	if id == r.own {
+	which := "other" // e.g. the queue of a VM that is gone, whose context id this one has now
+	switch id {
+	case r.own:
 		which = "own"
+	case r.shared:
+		which = "shared"
 	}
-	proxywasm.LogInfof("queue ready (%s): %q %s, inside a request: %v", which, data, errText(err), r.inRequest)
+	proxywasm.LogInfof("queue ready (%s) on root %d: %q %s, inside a request: %v", which, r.id, data, errText(err), r.inRequest)
 }
 
 func (r *root) NewHttpContext(id uint32) types.HttpContext { return &stream{id: id, root: r} }
@@ -136,6 +146,9 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		panic("probe: asked to panic")
 	case "hold":
 		r.held[s.id] = true
+		if cfg, _ := proxywasm.GetProperty([]string{"plugin_root_id"}); len(cfg) > 0 {
+			proxywasm.LogInfof("plugin %s holds stream %d", cfg, s.id)
+		}
 		proxywasm.LogInfof("held %d", s.id)
 		return types.ActionPause
 	case "release":
@@ -169,6 +182,12 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		err := proxywasm.EnqueueSharedQueue(q, []byte(action))
 		proxywasm.LogInfof("enqueued %s: %s", action, errText(err))
 		return s.reply(200, "enqueued")
+	case "enqueue-to": // a queue by name, e.g. one registered by a VM that is gone
+		q, err := proxywasm.ResolveSharedQueue("", headerOr("x-queue", ""))
+		if err == nil {
+			err = proxywasm.EnqueueSharedQueue(q, []byte(action))
+		}
+		return s.reply(200, "enqueued: "+errText(err))
 	case "cas":
 		return s.reply(200, casReport(headerOr("x-key", "k")))
 	case "effective":
