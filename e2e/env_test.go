@@ -45,6 +45,8 @@ type envOptions struct {
 	// plugins are further plugin configurations (filled in like plugin) sharing the VMs, each
 	// with its own listener (e.proxy.PluginURL(i)).
 	plugins []string
+	// deferredLog runs streams as HTTP/3 does: on_log after on_delete.
+	deferredLog bool
 }
 
 const (
@@ -101,6 +103,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Module:          module,
 		PluginConfig:    fill(o.plugin),
 		Plugins:         more,
+		DeferredLog:     o.deferredLog,
 		VMID:            vmID,
 		RootID:          "token-exchange",
 		PluginName:      "token-exchange",

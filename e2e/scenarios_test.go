@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -323,33 +324,46 @@ func TestE2E_ServerSentEventsStreamThrough(t *testing.T) {
 	}
 }
 
-// Scenario 13: a client that goes away while its request is held strands nobody.
+// Scenario 13: a client that goes away while its request is held strands nobody, also over
+// HTTP/3, where on_log comes after on_delete and the SDK never tells the module the stream
+// ended: the held request is released when the exchange lands, and the held gauge drains.
 func TestE2E_ClientDisconnectWhileHeld(t *testing.T) {
-	e := newEnv(t, envOptions{workers: 1})
-	e.serviceTokenReady()
-	e.idp.SetFault(idp.TokenExchangeOnly, idp.Latency(400*time.Millisecond))
-	alice := e.userToken("alice")
+	for _, deferredLog := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deferredLog=%v", deferredLog), func(t *testing.T) {
+			e := newEnv(t, envOptions{workers: 1, deferredLog: deferredLog})
+			e.serviceTokenReady()
+			e.idp.SetFault(idp.TokenExchangeOnly, idp.Latency(400*time.Millisecond))
+			alice := e.userToken("alice")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	gone := make(chan error, 1)
-	go func() { _, err := e.do(ctx, "/api", alice); gone <- err }()
-	if err := e.idp.WaitForTokenExchanges(waitCtx(t), 1); err != nil {
-		t.Fatal(err)
-	}
-	second := make(chan reply, 1)
-	go func() { second <- e.get("/api", alice) }()
-	cancel() // the request that started the exchange is cancelled by its client
-	if err := <-gone; err == nil {
-		t.Fatalf("cancelled request completed")
-	}
-	e.wantUserToken(<-second, "alice")
-	if n := e.idp.TokenExchangeCount(); n != 1 {
-		t.Fatalf("%d exchanges, want 1", n)
-	}
-	for _, l := range e.proxy.Logs() {
-		if l.Host {
-			t.Fatalf("host reported %q", l.Message)
-		}
+			ctx, cancel := context.WithCancel(context.Background())
+			gone := make(chan error, 1)
+			go func() { _, err := e.do(ctx, "/api", alice); gone <- err }()
+			if err := e.idp.WaitForTokenExchanges(waitCtx(t), 1); err != nil {
+				t.Fatal(err)
+			}
+			second := make(chan reply, 1)
+			go func() { second <- e.get("/api", alice) }()
+			cancel() // the request that started the exchange is cancelled by its client
+			if err := <-gone; err == nil {
+				t.Fatalf("cancelled request completed")
+			}
+			e.wantUserToken(<-second, "alice")
+			if n := e.idp.TokenExchangeCount(); n != 1 {
+				t.Fatalf("%d exchanges, want 1", n)
+			}
+			if err := e.proxy.WaitFor(10*time.Second, func() bool {
+				held, _ := e.proxy.Metric("token_exchange.requests_held")
+				return held == 0
+			}); err != nil {
+				held, _ := e.proxy.Metric("token_exchange.requests_held")
+				t.Fatalf("requests_held stays at %d after every request ended", held)
+			}
+			for _, l := range e.proxy.Logs() {
+				if l.Host {
+					t.Fatalf("host reported %q", l.Message)
+				}
+			}
+		})
 	}
 }
 
