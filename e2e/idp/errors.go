@@ -31,6 +31,7 @@ const (
 	DescAccessTokensOnly         = "Parameter 'subject_token' supports access tokens only"
 	DescRequestedTokenType       = "requested_token_type unsupported"
 	DescAudienceNotFound         = "Audience not found"
+	DescInvalidIDTokenHint       = "Invalid id_token_hint"
 	DescDuplicatedParameter      = "duplicated parameter"
 	DescClientDisabled           = "Client disabled"
 	DescPublicClientExchange     = "Public client is not allowed to exchange token"

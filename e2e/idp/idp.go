@@ -55,6 +55,7 @@ type IdP struct {
 	exchangeFeatureOff atomic.Bool
 	faults             faults
 	stats              stats
+	sessions           sessions
 
 	srvMu   sync.Mutex
 	srv     *http.Server
@@ -390,6 +391,8 @@ func (p *IdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch rest {
 	case TokenPath:
 		p.serveToken(w, r)
+	case LogoutPath:
+		p.serveLogout(w, r)
 	case DiscoveryPath, CertsPath:
 		r2 := r.Clone(r.Context())
 		r2.URL.Path = rest

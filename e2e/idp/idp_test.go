@@ -211,7 +211,7 @@ func TestTokenExchange(t *testing.T) {
 		if a.status != 200 {
 			t.Fatalf("basic=%v: %d %s", basic, a.status, a.raw)
 		}
-		want := []string{"access_token", "expires_in", "issued_token_type", "not-before-policy", "refresh_expires_in", "scope", "token_type"}
+		want := []string{"access_token", "expires_in", "issued_token_type", "not-before-policy", "refresh_expires_in", "scope", "session_state", "token_type"}
 		var got []string
 		for k := range a.body {
 			got = append(got, k)
@@ -237,6 +237,14 @@ func TestTokenExchange(t *testing.T) {
 		}
 		if _, ok := c["act"]; ok {
 			t.Errorf("act claim present: %v", c["act"])
+		}
+		// The exchanged token belongs to the user's session, named in session_state.
+		if sid := claimsOf(t, userToken)["sid"]; sid == nil || a.str("session_state") != sid || c["sid"] != sid {
+			t.Errorf("session_state %q, exchanged sid %v, subject sid %v", a.str("session_state"), c["sid"], sid)
+		}
+		// One audience is a JSON string, as Keycloak writes it.
+		if _, ok := c["aud"].(string); !ok {
+			t.Errorf("aud %#v: want a JSON string for a single audience", c["aud"])
 		}
 	}
 	if got := p.Requests(); len(got) != 2 || got[0].ClientAuth != "post" || got[1].ClientAuth != "basic" ||

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
@@ -26,6 +27,7 @@ type tokenResponse struct {
 	TokenType        string `json:"token_type"`
 	IssuedTokenType  string `json:"issued_token_type,omitempty"`
 	NotBeforePolicy  int64  `json:"not-before-policy"`
+	SessionState     string `json:"session_state,omitempty"`
 	Scope            string `json:"scope,omitempty"`
 }
 
@@ -84,10 +86,15 @@ func (s *kcServer) VerifyClient(_ context.Context, r *op.Request[op.ClientCreden
 // TokenExchange verifies the subject token (400 invalid_request "Invalid token"), then lets op run
 // the exchange; storage.ValidateTokenExchangeRequest makes the remaining Keycloak checks.
 func (s *kcServer) TokenExchange(ctx context.Context, r *op.ClientRequest[oidc.TokenExchangeRequest]) (*op.Response, error) {
-	if _, err := s.p.verifySubjectToken(ctx, r.Data.SubjectToken); err != nil {
+	subject, err := s.p.verifySubjectToken(ctx, r.Data.SubjectToken)
+	if err != nil {
 		return nil, kcError(http.StatusBadRequest, ErrInvalidRequest, DescInvalidToken)
 	}
 	ri := reqInfo{lifetime: s.p.AccessTokenLifetime()}
+	sid, _ := subject["sid"].(string)
+	if left, ok := s.p.sessions.remaining(sid); ok && left < ri.lifetime {
+		ri.lifetime = left.Truncate(time.Second) // capped by the session
+	}
 	var audiences []string
 	for _, a := range r.Form["audience"] {
 		if a != "" && !slices.Contains(audiences, a) {
@@ -110,11 +117,16 @@ func (s *kcServer) TokenExchange(ctx context.Context, r *op.ClientRequest[oidc.T
 	if !ok {
 		return resp, nil
 	}
+	token, err := s.p.keycloakShape(te.AccessToken)
+	if err != nil {
+		return nil, err
+	}
 	return s.p.successResponse(GrantTokenExchange, tokenResponse{
-		AccessToken:     te.AccessToken,
+		AccessToken:     token,
 		ExpiresIn:       int64(ri.lifetime.Seconds()),
 		TokenType:       oidc.BearerToken,
 		IssuedTokenType: string(te.IssuedTokenType),
+		SessionState:    sid,
 		Scope:           te.Scopes.String(),
 	}), nil
 }
@@ -130,8 +142,12 @@ func (s *kcServer) ClientCredentialsExchange(ctx context.Context, r *op.ClientRe
 	if !ok {
 		return resp, nil
 	}
+	token, err := s.p.keycloakShape(at.AccessToken)
+	if err != nil {
+		return nil, err
+	}
 	return s.p.successResponse(GrantClientCredentials, tokenResponse{
-		AccessToken: at.AccessToken,
+		AccessToken: token,
 		ExpiresIn:   int64(ri.lifetime.Seconds()),
 		TokenType:   oidc.BearerToken,
 		Scope:       at.Scope.String(),

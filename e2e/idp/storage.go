@@ -115,7 +115,9 @@ type tokenRequest struct {
 	email    string
 	// lifetime overrides the IdP's lifetime when non-zero (negative: already expired).
 	lifetime time.Duration
-	extra    map[string]any
+	// sid is the user session the token belongs to ("" for service accounts).
+	sid   string
+	extra map[string]any
 }
 
 func (r *tokenRequest) GetSubject() string    { return r.subject }
@@ -258,6 +260,9 @@ func (s *storage) GetPrivateClaimsFromRequest(ctx context.Context, req op.TokenR
 	if tr.email != "" {
 		claims["email"] = tr.email
 	}
+	if tr.sid != "" {
+		claims["sid"] = tr.sid
+	}
 	for k, v := range tr.extra {
 		claims[k] = v
 	}
@@ -362,6 +367,10 @@ func (s *storage) GetPrivateClaimsFromTokenExchangeRequest(_ context.Context, re
 		"typ":   "Bearer",
 		"azp":   req.GetClientID(),
 		"scope": strings.Join(req.GetScopes(), " "),
+	}
+	// The exchanged token belongs to the subject token's session.
+	if sid, ok := req.GetExchangeSubjectTokenClaims()["sid"].(string); ok && sid != "" {
+		claims["sid"] = sid
 	}
 	if u, ok := s.p.userBySubject(req.GetSubject()); ok {
 		claims["preferred_username"] = u.Username

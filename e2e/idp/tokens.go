@@ -61,6 +61,7 @@ func (p *IdP) MintUserTokenWith(username, clientID string, o MintOptions) (strin
 		username: u.Username,
 		email:    u.Email,
 		lifetime: o.Lifetime,
+		sid:      p.sessions.start(u.Subject), // as if the user had just logged in
 		extra:    o.Claims,
 	}
 	return p.createToken(context.Background(), req, c)
@@ -71,7 +72,26 @@ func (p *IdP) createToken(ctx context.Context, req *tokenRequest, c Client) (str
 	ctx = op.ContextWithIssuer(ctx, p.issuer)
 	token, _, _, err := op.CreateAccessToken(ctx, req, op.AccessTokenTypeJWT, p.provider,
 		opClient{c: c, lifetime: p.AccessTokenLifetime()}, "")
-	return token, err
+	if err != nil {
+		return "", err
+	}
+	return p.keycloakShape(token)
+}
+
+// keycloakShape re-signs a token op made with Keycloak's aud shape: a single audience is a JSON
+// string, several are an array (op always writes an array). Keycloak's AccessToken serialises
+// aud through JsonWebToken.audience, which writes one value as a string.
+func (p *IdP) keycloakShape(token string) (string, error) {
+	claims, err := DecodeClaims(token)
+	if err != nil {
+		return "", err
+	}
+	aud, ok := claims["aud"].([]any)
+	if !ok || len(aud) != 1 {
+		return token, nil
+	}
+	claims["aud"] = aud[0]
+	return p.SignClaims(claims)
 }
 
 // SignClaims signs arbitrary claims with the IdP's key (RS256, the IdP's kid): for tokens no grant
@@ -110,6 +130,12 @@ func (p *IdP) verifySubjectToken(ctx context.Context, token string) (map[string]
 	}
 	sub, _ := claims["sub"].(string)
 	if _, ok := p.userBySubject(sub); ok {
+		// A user's token is only as good as its session: logged out or expired is "Invalid
+		// token" whatever its exp says.
+		sid, _ := claims["sid"].(string)
+		if _, live := p.sessions.remaining(sid); !live {
+			return nil, fmt.Errorf("idp: session %q of the token is not active", sid)
+		}
 		return claims, nil
 	}
 	if azp, _ := claims["azp"].(string); azp != "" && sub == ServiceAccountSubject(azp) {
@@ -167,6 +193,7 @@ func (p *IdP) passwordGrant(w http.ResponseWriter, r *http.Request, form url.Val
 		username: u.Username,
 		email:    u.Email,
 		lifetime: lifetime,
+		sid:      p.sessions.start(u.Subject),
 	}
 	token, err := p.createToken(r.Context(), req, c)
 	if err != nil {
@@ -174,10 +201,11 @@ func (p *IdP) passwordGrant(w http.ResponseWriter, r *http.Request, form url.Val
 		return
 	}
 	resp := p.successResponse(GrantPassword, tokenResponse{
-		AccessToken: token,
-		ExpiresIn:   int64(lifetime.Seconds()),
-		TokenType:   oidc.BearerToken,
-		Scope:       strings.Join(req.scopes, " "),
+		AccessToken:  token,
+		ExpiresIn:    int64(lifetime.Seconds()),
+		TokenType:    oidc.BearerToken,
+		SessionState: req.sid,
+		Scope:        strings.Join(req.scopes, " "),
 	})
 	writeJSON(w, http.StatusOK, resp.Data)
 }
