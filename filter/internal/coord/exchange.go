@@ -2,6 +2,7 @@ package coord
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/kagenti/token-exchange-filter/filter/config"
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
@@ -11,7 +12,40 @@ import (
 
 // exchangeSource fetches a token for one user token (RFC 8693 token exchange). Its flights are
 // keyed by the cache key; its lease and back-off marker live in the key's cache slot.
-type exchangeSource struct{ w *Worker }
+type exchangeSource struct {
+	w *Worker
+	// invalidStreak counts exchanges of different keys refused in a row as "Invalid token";
+	// lastInvalid is the key of the last one; explained tells whether the likely cause was logged.
+	invalidStreak int
+	lastInvalid   string
+	explained     bool
+}
+
+// invalidTokenStreak is how many different user tokens refused in a row as "Invalid token"
+// make a set-up problem likelier than users who all logged out.
+const invalidTokenStreak = 8
+
+// noteInvalidToken watches for many different users failing with "Invalid token": Keycloak
+// says that for an issuer mismatch (tokens minted at http://localhost:8080 checked by a
+// Keycloak that the filter reaches as 127.0.0.1) and for clock skew too, which fail everyone.
+// The likely cause is logged once per VM.
+func (s *exchangeSource) noteInvalidToken(key string, fail *oauth.Failure) {
+	if fail.Class != oauth.SubjectRejected || !strings.EqualFold(fail.Description, "Invalid token") {
+		s.invalidStreak = 0
+		return
+	}
+	if key != s.lastInvalid {
+		s.invalidStreak++
+		s.lastInvalid = key
+	}
+	if s.invalidStreak >= invalidTokenStreak && !s.explained {
+		s.explained = true
+		s.w.logWarn(strconv.Itoa(s.invalidStreak) + " different user tokens in a row were refused as \"Invalid token\". " +
+			"Unless these users all logged out, Keycloak most likely does not accept its own tokens' issuer: the iss the users' tokens carry " +
+			"(e.g. http://localhost:8080/realms/…) must be the URL Keycloak knows itself by (set its hostname, KC_HOSTNAME, so that both agree, " +
+			"whatever address the filter calls), or the clocks of Envoy, Keycloak and the token issuer are skewed")
+	}
+}
 
 func (s *exchangeSource) claim(f *flight.Flight, now int64) bool {
 	// One exchange per key for the whole Envoy: claim the key's lease first. If another
@@ -43,11 +77,17 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 	defer w.wakeOthers()
 	if fail != nil {
 		backoff := s.backOff(k, fail, now)
+		hint := ""
+		if h := oauth.SetupHint(fail.Description); h != "" {
+			hint = "; every user will fail alike until Keycloak is set up: " + h
+		}
 		w.warns.warn(w, "exchange:"+fail.Class.String(), now, "token exchange failed: "+fail.String()+
-			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+w.failureOutcome()+backoff)
+			", "+strconv.Itoa(len(waiters))+" waiting request(s) "+w.failureOutcome()+backoff+hint)
+		s.noteInvalidToken(key, fail)
 		w.settleIDs(waiters, func(req *Request) { req.exchangeFailed(fail) })
 		return
 	}
+	s.invalidStreak = 0
 	lifeMs, ok := w.lifetimeMs(tok)
 	stored := false
 	if ok && len(tok.AccessToken) <= cache.MaxTokenBytes {

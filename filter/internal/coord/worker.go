@@ -385,4 +385,5 @@ func (w *Worker) count(m Metric) { w.host.Count(m, 1) }
 
 func (w *Worker) logDebug(msg string) { w.host.Log(Debug, LogPrefix+msg) }
 func (w *Worker) logInfo(msg string)  { w.host.Log(Info, LogPrefix+msg) }
+func (w *Worker) logWarn(msg string)  { w.host.Log(Warn, LogPrefix+msg) }
 func (w *Worker) logError(msg string) { w.host.Log(Error, LogPrefix+msg) }

@@ -73,12 +73,11 @@ func ParseResponse(status int, numHeaders int, body []byte, nowMs int64) (Token,
 // so that Class and the strict-mode status cannot disagree about what the IdP said.
 func classify4xx(status int, code, rawDesc string) Class {
 	switch {
+	case setupError(rawDesc):
+		// Keycloak reports realm set-up mistakes (the client's "Standard token exchange" switch
+		// off, an audience it does not map, ...) with a user's codes; no user's token will work.
+		return Configuration
 	case status == 400 && code == "invalid_request":
-		// Keycloak reports its most common misconfiguration, the client's "Standard token
-		// exchange" switch being off, as invalid_request; no user's token will ever work.
-		if containsFold(rawDesc, notEnabledMatch) {
-			return Configuration
-		}
 		return SubjectRejected
 	case status == 400 && (code == "invalid_grant" || code == "invalid_token"):
 		return SubjectRejected

@@ -47,9 +47,22 @@ var keycloakErrors = []failureCase{
 	{name: "unknown audience", status: 400,
 		body:  oauthError("invalid_client", "Audience not found"),
 		class: Configuration, code: "invalid_client", desc: "Audience not found", strict: 502},
-	{name: "audience not available to user", status: 400,
+	// Realm set-up errors dressed as a user's: every user fails alike (KEYCLOAK.md).
+	{name: "audience not available (realm set-up)", status: 400,
 		body:  oauthError("invalid_request", "Requested audience not available: kagenti-api"),
-		class: SubjectRejected, code: "invalid_request", desc: "Requested audience not available: kagenti-api", strict: 401},
+		class: Configuration, code: "invalid_request", desc: "Requested audience not available: kagenti-api", strict: 401},
+	{name: "V1 answering: client not allowed to exchange", status: 403,
+		body:  oauthError("access_denied", "Client not allowed to exchange"),
+		class: Configuration, code: "access_denied", desc: "Client not allowed to exchange", strict: 401},
+	{name: "realm disabled", status: 403,
+		body:  oauthError("access_denied", "Realm not enabled"),
+		class: Configuration, code: "access_denied", desc: "Realm not enabled", strict: 401},
+	{name: "HTTPS required", status: 403,
+		body:  oauthError("invalid_request", "HTTPS required"),
+		class: Configuration, code: "invalid_request", desc: "HTTPS required", strict: 502},
+	{name: "a user's invalid token stays the user's", status: 400,
+		body:  oauthError("invalid_request", "Invalid token"),
+		class: SubjectRejected, code: "invalid_request", desc: "Invalid token", strict: 401},
 	{name: "bad scope", status: 400,
 		body:  oauthError("invalid_scope", "Invalid scopes: agent:admin"),
 		class: Configuration, code: "invalid_scope", desc: "Invalid scopes: agent:admin", strict: 502},
@@ -219,11 +232,12 @@ func TestOtherFailures(t *testing.T) {
 	}
 }
 
-// Class and StrictStatus agree except for Keycloak's "not enabled" invalid_request, which the
-// contract sends to 401 although no user will ever succeed.
+// Class and StrictStatus agree except for Keycloak's set-up errors dressed as a user's (400
+// invalid_request, 403 access_denied), which the contract sends to 401 by their codes although
+// no user will ever succeed.
 func TestStrictStatusFollowsClass(t *testing.T) {
 	for _, tc := range append(append([]failureCase{}, keycloakErrors...), otherFailures...) {
-		if (tc.class == SubjectRejected) != (tc.strict == 401) && !strings.Contains(strings.ToLower(tc.desc), notEnabledMatch) {
+		if (tc.class == SubjectRejected) != (tc.strict == 401) && !setupError(tc.desc) {
 			t.Errorf("%s: class %v with strict %d", tc.name, tc.class, tc.strict)
 		}
 	}
@@ -465,5 +479,22 @@ func TestFailureString(t *testing.T) {
 		if got := tc.f.String(); got != tc.want {
 			t.Errorf("got  %s\nwant %s", got, tc.want)
 		}
+	}
+}
+
+// Every set-up error Keycloak dresses as a user's is Configuration and comes with the setting
+// to change; a user's own "Invalid token" has none.
+func TestSetupHints(t *testing.T) {
+	for _, desc := range []string{"Requested audience not available: kagenti-api", "Standard token exchange is not enabled for the requested client",
+		"Client not allowed to exchange", "Realm not enabled", "HTTPS required", "Audience not found"} {
+		if SetupHint(desc) == "" {
+			t.Errorf("%q: no hint", desc)
+		}
+		if c := classify4xx(400, "invalid_request", desc); c != Configuration {
+			t.Errorf("%q: class %v", desc, c)
+		}
+	}
+	if h := SetupHint("Invalid token"); h != "" {
+		t.Errorf("a user's invalid token got a set-up hint: %q", h)
 	}
 }
