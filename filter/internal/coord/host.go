@@ -97,6 +97,7 @@ const (
 	CacheMiss
 	FallbackNoUserToken
 	FallbackInvalidUserToken
+	FallbackExpiredUserToken
 	FallbackExchangeFailed
 	Reply401
 	Reply502

@@ -94,6 +94,11 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
+	case userTokenExpired(token, now):
+		// Keycloak would refuse it ("Invalid token"), and a token cached for it must not
+		// outlive it: checked before the cache, so neither the IdP nor the cache serves it.
+		w.logDebug("the user token in " + ex.UserTokenHeader + " is past its exp: " + w.failureOutcomeShort())
+		return req.withoutUserToken(replyTokenRejected, FallbackExpiredUserToken)
 	}
 
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
@@ -110,6 +115,13 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
 	}
 	return req.action()
+}
+
+// userTokenExpired: the token is a JWT whose exp (read, not verified: it only ever shortens) has
+// passed on the wall clock.
+func userTokenExpired(token string, nowMs int64) bool {
+	exp, ok := oauth.UserTokenExpiry(token)
+	return ok && exp*1000 <= nowMs
 }
 
 // withoutUserToken settles a request that brought no usable user token: strict mode answers

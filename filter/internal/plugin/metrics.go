@@ -15,6 +15,7 @@ const (
 	metricCacheMiss              = "token_exchange.cache.miss"
 	metricFallbackNoUserToken    = "token_exchange.fallback.no_user_token"
 	metricFallbackInvalidToken   = "token_exchange.fallback.invalid_user_token"
+	metricFallbackExpiredToken   = "token_exchange.fallback.expired_user_token"
 	metricFallbackExchangeFailed = "token_exchange.fallback.exchange_failed"
 	metricReplyPrefix            = "token_exchange.local_reply." // + status
 	metricHeld                   = "token_exchange.requests_held"
@@ -84,6 +85,7 @@ var metricNames = [coord.NumMetrics]string{
 	coord.CacheMiss:                      metricCacheMiss,
 	coord.FallbackNoUserToken:            metricFallbackNoUserToken,
 	coord.FallbackInvalidUserToken:       metricFallbackInvalidToken,
+	coord.FallbackExpiredUserToken:       metricFallbackExpiredToken,
 	coord.FallbackExchangeFailed:         metricFallbackExchangeFailed,
 	coord.Reply401:                       metricReplyPrefix + "401",
 	coord.Reply502:                       metricReplyPrefix + "502",

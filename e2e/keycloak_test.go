@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kagenti/token-exchange-filter/e2e/host"
+	"github.com/kagenti/token-exchange-filter/e2e/idp"
+)
+
+// A user token whose exp has passed is not sent to the IdP (Keycloak would only say "Invalid
+// token"): the service-account token at once, or 401 in strict mode.
+func TestE2E_ExpiredUserTokenNeverReachesTheIdP(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			plugin := exchangeOn
+			if strict {
+				plugin += `,"fallbackToServiceAccount":false`
+			}
+			e := newEnv(t, envOptions{plugin: plugin})
+			if !strict {
+				e.serviceTokenReady()
+			}
+			expired, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: -time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.remember(expired)
+			r := e.get("/api", expired)
+			if strict {
+				e.wantLocalReply(r, http.StatusUnauthorized, "invalid_token")
+			} else {
+				e.wantServiceToken(r)
+				if n, _ := e.proxy.Metric("token_exchange.fallback.expired_user_token"); n != 1 {
+					t.Errorf("fallback.expired_user_token = %d, want 1", n)
+				}
+			}
+			if n := e.idp.TokenExchangeCount(); n != 0 {
+				t.Fatalf("%d exchanges of an expired user token, want 0", n)
+			}
+		})
+	}
+}
+
+// A cached exchanged token is never used past the user token's own exp, though it is valid
+// longer itself.
+func TestE2E_CachedTokenNotUsedPastUserTokenExp(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2})
+	e.serviceTokenReady()
+	short, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.remember(short)
+	e.wantUserToken(e.get("/api", short), "alice")
+	e.wantUserToken(e.get("/api", short), "alice") // the other worker: from the cache
+	// Poll until the user token's exp has passed (the exchanged token still has ~5 minutes).
+	deadline := time.Now().Add(10 * time.Second)
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for range poll.C {
+		r := e.get("/api", short)
+		if r.claim("sub") != e.idp.Subject("alice") {
+			e.wantServiceToken(r)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the exchanged token was still used 10 s after the user token's exp")
+		}
+	}
+	if n := e.idp.TokenExchangeCount(); n != 1 {
+		t.Errorf("%d exchanges, want 1", n)
+	}
+}
+
+// A requested audience the realm does not map to the filter's client fails every user alike:
+// a configuration failure with its metric and a warning naming the Keycloak setting.
+func TestE2E_UnmappedAudienceIsAConfigurationFailure(t *testing.T) {
+	e := newEnv(t, envOptions{plugin: `"tokenExchange":{"enabled":true,"audience":"` + uiClient + `"}`})
+	e.serviceTokenReady()
+	e.wantServiceToken(e.get("/api", e.userToken("alice")))
+	if n, _ := e.proxy.Metric("token_exchange.exchange.failure.configuration"); n != 1 {
+		t.Errorf("exchange.failure.configuration = %d, want 1", n)
+	}
+	if _, err := e.proxy.WaitLog(5*time.Second, func(l host.Log) bool {
+		return strings.Contains(l.Message, "Requested audience not available") && strings.Contains(l.Message, "Audience mapper")
+	}); err != nil {
+		t.Error("no warning naming the Keycloak setting (an Audience mapper)")
+	}
+}
+
+// Many different users refused in a row as "Invalid token" (here: all logged out) get the
+// likely cause logged once.
+func TestE2E_ManyInvalidTokensExplainedOnce(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 1})
+	e.serviceTokenReady()
+	for i := 0; i < 10; i++ {
+		name := fmt.Sprintf("gone-%d", i)
+		if err := e.idp.AddUser(idp.User{Username: name, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+		tok := e.userToken(name)
+		e.idp.Logout(name)
+		e.wantServiceToken(e.get("/api", tok))
+	}
+	explained := 0
+	for _, l := range e.proxy.Logs() {
+		if strings.Contains(l.Message, "different user tokens in a row") && strings.Contains(l.Message, "issuer") {
+			explained++
+		}
+	}
+	if explained != 1 {
+		t.Errorf("the likely cause was logged %d times, want once", explained)
+	}
+}
