@@ -390,6 +390,11 @@ func (c *checker) checkPlugin(r *result, where string, data []byte, env vmEnv) *
 		r.notes = append(r.notes, fmt.Sprintf("%sclientSecretEnv: %q is taken from the proxy's environment "+
 			"and assumed to be set there (-assume-env)", prefix, name))
 	}
+	if cfg.TokenExchange.Enabled && cfg.TokenExchange.Audience == "" {
+		r.notes = append(r.notes, prefix+"tokenExchange.audience is unset: no audience parameter is sent, and Keycloak "+
+			"issues every audience its audience mappers give the client "+strconv.Quote(cfg.ClientID)+
+			" (Keycloak only narrows: an audience no mapper gives is refused, the client's own id included)")
+	}
 	return cfg
 }
 

@@ -126,6 +126,19 @@ func TestPluginJSON(t *testing.T) {
 	wantRun(t, runCmd(t, "", notJSON), 1, notJSON+": configuration is not valid JSON")
 }
 
+// An unset audience is valid, and the note says what is sent instead.
+func TestUnsetAudienceNote(t *testing.T) {
+	path := writeFile(t, "noaud.json", edit(t, validJSON, `"enabled": true, "audience": "kagenti-api"`, `"enabled": true`))
+	r := runCmd(t, "", path)
+	wantRun(t, r, 0, "ok: "+path)
+	if !strings.Contains(r.stderr, "note: "+path+": tokenExchange.audience is unset: no audience parameter is sent") {
+		t.Errorf("stderr lacks the audience note:\n%s", r.stderr)
+	}
+	if r := runCmd(t, "", writeFile(t, "aud.json", validJSON)); strings.Contains(r.stderr, "audience is unset") {
+		t.Errorf("a set audience got the note:\n%s", r.stderr)
+	}
+}
+
 func TestStdin(t *testing.T) {
 	wantRun(t, runCmd(t, validJSON, "-"), 0, "ok: <stdin>")
 	wantRun(t, runCmd(t, `{"clientId": "c", "clientSecret": "s"}`, "-"), 1, "<stdin>: tokenEndpoint: required")

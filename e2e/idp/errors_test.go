@@ -95,6 +95,8 @@ func TestKeycloakErrorRows(t *testing.T) {
 			status: 400, code: ErrInvalidClient, desc: DescPublicClientExchange},
 		{name: "disabled audience", form: exchangeForm(alice, "disabled-client"), status: 400, code: ErrInvalidClient, desc: DescClientDisabled},
 		{name: "unknown audience", form: exchangeForm(alice, "no-such-api"), status: 400, code: ErrInvalidClient, desc: DescAudienceNotFound},
+		{name: "empty audience", form: func() url.Values { f := exchangeForm(alice, ""); f["audience"] = []string{""}; return f }(),
+			status: 400, code: ErrInvalidClient, desc: DescAudienceNotFound},
 		// audience not available to the user
 		{name: "audience not available", form: exchangeForm(alice, UIClientID), status: 400, code: ErrInvalidRequest,
 			desc: DescAudienceNotAvailable + UIClientID},

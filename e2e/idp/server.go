@@ -96,10 +96,15 @@ func (s *kcServer) TokenExchange(ctx context.Context, r *op.ClientRequest[oidc.T
 		ri.lifetime = left.Truncate(time.Second) // capped by the session
 	}
 	var audiences []string
+	// An empty audience is looked up like any other and is not found (400 invalid_client
+	// "Audience not found"), as in Keycloak.
 	for _, a := range r.Form["audience"] {
-		if a != "" && !slices.Contains(audiences, a) {
+		if !slices.Contains(audiences, a) {
 			audiences = append(audiences, a)
 		}
+	}
+	if slices.Contains(audiences, "") {
+		return nil, kcError(http.StatusBadRequest, ErrInvalidClient, DescAudienceNotFound)
 	}
 	if len(audiences) > 0 {
 		ri.audienceRequested = true

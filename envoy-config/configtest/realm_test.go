@@ -3,6 +3,7 @@ package configtest
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -92,9 +93,20 @@ func checkRealm(data []byte, cfg *config.Config) error {
 		if !is(filter.StandardFlowEnabled, false) || !is(filter.ImplicitFlowEnabled, false) || !is(filter.DirectAccessGrantsEnabled, false) {
 			p.addf("client %q: standard, implicit and direct-access flows must be off: nobody logs in to it", cfg.ClientID)
 		}
-		if !addsAudience(filter, cfg.TokenExchange.Audience) {
-			p.addf("client %q: no oidc-audience-mapper adding %q to access tokens (else: Requested audience not available)",
-				cfg.ClientID, cfg.TokenExchange.Audience)
+		// Keycloak only narrows: a requested audience must be one the client's mappers give
+		// (StandardTokenExchangeProvider.checkRequestedAudiences); unset, the token carries
+		// every mapped audience, so at least one must be mapped for the API to accept it.
+		for _, aud := range requestedAudiences(cfg) {
+			if aud == "" {
+				if len(mappedAudiences(filter)) == 0 {
+					p.addf("client %q: no audience is requested and no oidc-audience-mapper gives one: the exchanged token has no API audience", cfg.ClientID)
+				}
+				continue
+			}
+			if !addsAudience(filter, aud) {
+				p.addf("client %q: no oidc-audience-mapper adding %q to access tokens (else: Requested audience not available)",
+					cfg.ClientID, aud)
+			}
 		}
 	}
 
@@ -110,12 +122,17 @@ func checkRealm(data []byte, cfg *config.Config) error {
 		}
 	}
 
-	if api, ok := clients[cfg.TokenExchange.Audience]; !ok {
-		p.addf("no client %q (the exchange's audience)", cfg.TokenExchange.Audience)
-	} else if !is(api.Enabled, true) || !is(api.PublicClient, false) || !is(api.StandardFlowEnabled, false) ||
-		!is(api.ImplicitFlowEnabled, false) || !is(api.DirectAccessGrantsEnabled, false) ||
-		!is(api.ServiceAccountsEnabled, false) || api.Attributes[standardTokenExchange] == "true" {
-		p.addf("client %q must be enabled and confidential with every flow off (an audience only)", cfg.TokenExchange.Audience)
+	for _, aud := range requestedAudiences(cfg) {
+		if aud == "" {
+			continue
+		}
+		if api, ok := clients[aud]; !ok {
+			p.addf("no client %q (the exchange's audience; else: 400 invalid_client Audience not found)", aud)
+		} else if !is(api.Enabled, true) || !is(api.PublicClient, false) || !is(api.StandardFlowEnabled, false) ||
+			!is(api.ImplicitFlowEnabled, false) || !is(api.DirectAccessGrantsEnabled, false) ||
+			!is(api.ServiceAccountsEnabled, false) || api.Attributes[standardTokenExchange] == "true" {
+			p.addf("client %q must be enabled and confidential with every flow off (an audience only)", aud)
+		}
 	}
 
 	users := map[string]kcUser{}
@@ -138,6 +155,29 @@ func checkRealm(data []byte, cfg *config.Config) error {
 		}
 	}
 	return p.err()
+}
+
+// requestedAudiences are the audiences a configuration can request: the default and every
+// enabled rule's ("" = none requested).
+func requestedAudiences(cfg *config.Config) []string {
+	out := []string{cfg.TokenExchange.Audience}
+	for _, r := range cfg.Rules {
+		if r.Enabled && !slices.Contains(out, r.Audience) {
+			out = append(out, r.Audience)
+		}
+	}
+	return out
+}
+
+// mappedAudiences are the audiences c's audience mappers add to its access tokens.
+func mappedAudiences(c kcClient) []string {
+	var out []string
+	for _, m := range c.ProtocolMappers {
+		if m.Protocol == "openid-connect" && m.ProtocolMapper == "oidc-audience-mapper" && m.Config["access.token.claim"] == "true" {
+			out = append(out, m.Config["included.client.audience"])
+		}
+	}
+	return out
 }
 
 // addsAudience: an audience mapper on c puts aud into the access tokens issued to c.
@@ -229,4 +269,23 @@ func TestRealmCatchesBreakage(t *testing.T) {
 			wantError(t, checkRealm(mutate(t, orig, tc.old, tc.new), cfg), tc.want...)
 		})
 	}
+}
+
+// Audiences are checked the way Keycloak decides them: unset is fine when a mapper gives the
+// client an audience; the filter's own clientId (never in its own tokens' aud) and a rule's
+// unmapped audience are reported.
+func TestRealmChecksEveryAudience(t *testing.T) {
+	realm := readConfig(t, realmFile)
+	base := *pluginConfigs(t)[envoyFile]
+	unset := base
+	unset.TokenExchange.Audience = ""
+	if err := checkRealm(realm, &unset); err != nil {
+		t.Errorf("audience unset: %v", err)
+	}
+	own := base
+	own.TokenExchange.Audience = base.ClientID
+	wantError(t, checkRealm(realm, &own), "Requested audience not available")
+	rule := base
+	rule.Rules = []config.Rule{{PathPrefix: "/agents", Enabled: true, Audience: "kagenti-agents"}}
+	wantError(t, checkRealm(realm, &rule), `"kagenti-agents"`, "Requested audience not available")
 }
