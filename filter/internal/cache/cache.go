@@ -283,7 +283,7 @@ func (c *Cache) apply(key string, o *op) error {
 func (o *op) modify(cur []byte) (next []byte, write bool) {
 	switch o.kind {
 	case opPut:
-		return o.modifyPut(cur), true
+		return o.modifyPut(cur)
 	case opDelete:
 		return o.modifyDelete(cur)
 	case opPutService:
@@ -326,7 +326,10 @@ func (o *op) done(v []byte) bool {
 	}
 }
 
-func (o *op) modifyPut(cur []byte) []byte {
+// modifyPut puts o's entry into the slot. A full slot evicts the token closest to expiry, but
+// a marker (lease or failure) never evicts a live token: made-up user tokens must not push real
+// users out of the cache. A marker that finds only live tokens is not written (write=false).
+func (o *op) modifyPut(cur []byte) ([]byte, bool) {
 	var old [EntriesPerSlot]entry
 	n, ok := decodeSlot(cur, &old)
 	if !ok {
@@ -357,6 +360,9 @@ func (o *op) modifyPut(cur []byte) []byte {
 				victim = i
 			}
 		}
+		if o.token[0] == markerPrefix && es[victim].token[0] != markerPrefix {
+			return nil, false
+		}
 		copy(es[victim:m], es[victim+1:m])
 		m--
 	}
@@ -367,7 +373,7 @@ func (o *op) modifyPut(cur []byte) []byte {
 	for i := range es[:m] {
 		buf = appendEntry(buf, es[i].id, es[i].expiresAtMs, es[i].token)
 	}
-	return appendEntry(buf, o.id, o.expiresAtMs, o.token)
+	return appendEntry(buf, o.id, o.expiresAtMs, o.token), true
 }
 
 func (o *op) modifyDelete(cur []byte) ([]byte, bool) {

@@ -202,8 +202,10 @@ func (o *op) modifyLease(cur []byte) ([]byte, bool) {
 	if o.token == "" {
 		o.token = leaseMarker(o.owner, 0)
 	}
+	// A full slot of live tokens keeps them: the claim is still ours, only unshared, as when
+	// shared data refuses the write.
 	o.won = true
-	return o.modifyPut(cur), true
+	return o.modifyPut(cur)
 }
 
 // modifyFailure writes a failure marker over whatever the slot holds for the key, unless a
@@ -225,7 +227,7 @@ func (o *op) modifyFailure(cur []byte) ([]byte, bool) {
 		}
 	}
 	o.token = failureMarker(o.status, o.failures)
-	return o.modifyPut(cur), true
+	return o.modifyPut(cur)
 }
 
 // leaseDone reports, after creating the slot, whether v holds our lease (or the claim lost to

@@ -1,6 +1,7 @@
 package cache_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -283,6 +284,47 @@ func TestLeaveWakersRemovesOnlyThatVM(t *testing.T) {
 		}
 		if got := c.Wakers(nil, 1004); len(got) != 1 {
 			t.Fatalf("a second leave changed the list: %v", got)
+		}
+	})
+}
+
+// Leases and failure markers of made-up user tokens never push real users' live tokens out of
+// a full slot; a marker still replaces another marker.
+func TestMarkersNeverEvictLiveTokens(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1) // one slot: every key shares it
+		var real []cache.Key
+		for i := 0; i < cache.EntriesPerSlot; i++ {
+			k := cache.KeyFor(fmt.Sprintf("real-user-%d", i), "api", "")
+			if err := c.Put(k, fmt.Sprintf("tok%d", i), 100_000, 1000); err != nil {
+				t.Fatal(err)
+			}
+			real = append(real, k)
+		}
+		for i := 0; i < 20; i++ {
+			garbage := cache.KeyFor(fmt.Sprintf("garbage-%d", i), "api", "")
+			if _, _, err := c.TryLease(garbage, "aaaaaaaaaaaaaaaa", 5000, 1000); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.PutFailure(garbage, 401, 9000, 1000); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, k := range real {
+			if l := c.Look(k, 2000); l.State != cache.Hit || l.Token != fmt.Sprintf("tok%d", i) {
+				t.Fatalf("real user %d: %+v after a flood of markers", i, l)
+			}
+		}
+		// With room (an expired token), a marker is stored.
+		if err := c.Put(real[0], "short", 1500, 1000); err != nil {
+			t.Fatal(err)
+		}
+		g := cache.KeyFor("garbage-x", "api", "")
+		if _, err := c.PutFailure(g, 401, 9000, 2000); err != nil {
+			t.Fatal(err)
+		}
+		if l := c.Look(g, 2001); l.State != cache.Failed {
+			t.Errorf("a marker was refused a free place: %+v", l)
 		}
 	})
 }
