@@ -47,6 +47,8 @@ type envOptions struct {
 	plugins []string
 	// deferredLog runs streams as HTTP/3 does: on_log after on_delete.
 	deferredLog bool
+	// pluginFor, when set, makes the plugin fragment from the IdP's issuer (instead of plugin).
+	pluginFor func(issuer string) string
 }
 
 const (
@@ -75,6 +77,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 	t.Cleanup(func() { _ = p.Close() })
 	if o.beforeProxy != nil {
 		o.beforeProxy(p)
+	}
+	if o.pluginFor != nil {
+		o.plugin = o.pluginFor(p.Issuer())
 	}
 	u, err := upstream.Start("")
 	if err != nil {

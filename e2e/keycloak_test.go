@@ -116,3 +116,65 @@ func TestE2E_ManyInvalidTokensExplainedOnce(t *testing.T) {
 		t.Errorf("the likely cause was logged %d times, want once", explained)
 	}
 }
+
+// Hostile traffic: 1,000 requests with made-up user tokens (random strings, JWT-shaped garbage,
+// and forged JWTs with the right issuer and a future exp, which only Keycloak can tell apart)
+// between the requests of real users. The local checks refuse the first two kinds without a
+// callout; the new-key bucket bounds the third; real users keep their cached tokens.
+func TestE2E_GarbageTokensCannotStormTheIdP(t *testing.T) {
+	const burst, rate = 20, 1
+	e := newEnv(t, envOptions{workers: 2, pluginFor: func(issuer string) string {
+		return exchangeOn[:len(exchangeOn)-1] +
+			fmt.Sprintf(`,"expectedIssuer":%q,"newKeyExchangeBurst":%d,"newKeyExchangesPerSecond":%d}`, issuer, burst, rate)
+	}})
+	e.serviceTokenReady()
+	users := []string{"alice", "bob"}
+	tokens := map[string]string{}
+	for _, u := range users {
+		tokens[u] = e.userToken(u)
+		e.wantUserToken(e.get("/api", tokens[u]), u)
+	}
+	start := time.Now()
+	realHits, realRequests := 0, 0
+	for i := 0; i < 1000; i++ {
+		var garbage string
+		switch i % 3 {
+		case 0:
+			garbage = fmt.Sprintf("not-a-jwt-%d", i)
+		case 1:
+			garbage = "eyJhbGciOiJSUzI1NiJ9.bm90LWpzb24." + fmt.Sprint(i)
+		default:
+			forged, err := e.idp.SignClaims(map[string]any{"iss": e.idp.Issuer(), "sub": fmt.Sprint("nobody-", i),
+				"exp": time.Now().Add(time.Hour).Unix(), "aud": filterClient, "typ": "Bearer"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			garbage = forged
+		}
+		e.remember(garbage)
+		if r := e.get("/api", garbage); r.status != http.StatusOK || r.claim("sub") == e.idp.Subject("alice") || r.claim("sub") == e.idp.Subject("bob") {
+			t.Fatalf("garbage request %d: status %d sub %q", i, r.status, r.claim("sub"))
+		}
+		if i%10 == 0 {
+			u := users[(i/10)%2]
+			r := e.get("/api", tokens[u])
+			realRequests++
+			if r.claim("sub") == e.idp.Subject(u) {
+				realHits++
+			}
+		}
+	}
+	exchanges := e.idp.TokenExchangeCount() - len(users)
+	limit := burst + rate*int(time.Since(start).Seconds()+1)
+	t.Logf("1,000 garbage requests in %v: %d exchanges (bucket bound %d); real users served their own token %d/%d",
+		time.Since(start).Round(time.Millisecond), exchanges, limit, realHits, realRequests)
+	if exchanges > limit {
+		t.Errorf("%d exchanges for 1,000 garbage requests, want at most %d", exchanges, limit)
+	}
+	if realHits != realRequests {
+		t.Errorf("real users got their token %d/%d times during the flood", realHits, realRequests)
+	}
+	if n := e.idp.TokenExchangeCountFor(e.idp.Subject("alice")); n != 1 {
+		t.Errorf("alice was exchanged %d times, want 1 (her cached token survived)", n)
+	}
+}

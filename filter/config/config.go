@@ -50,7 +50,27 @@ type Exchange struct {
 	Scope                 string // empty = not sent
 	UserTokenHeader       string // lower-case; defaults to DefaultUserTokenHeader
 	RemoveUserTokenHeader bool   // defaults to true
+	// ExpectedIssuer, when set, must equal a user token's iss before it is exchanged (checked
+	// locally, unverified, only to refuse: Keycloak's issuer is its frontend URL, which often
+	// differs from the address the filter calls, so it cannot be derived from tokenEndpoint).
+	ExpectedIssuer string
+	// AllowOpaqueTokens lets user tokens that are not JWTs be exchanged (off: a token must be
+	// three base64url parts with a JSON object payload).
+	AllowOpaqueTokens bool
+	// NewKeyRate and NewKeyBurst are the token bucket, shared by the whole Envoy, that exchanges
+	// of user tokens with nothing in the cache draw from: NewKeyRate per second, at most
+	// NewKeyBurst at once. An empty bucket falls back (strict mode: 503). 0 = no limit.
+	NewKeyRate  uint32
+	NewKeyBurst uint32
 }
+
+// Token-bucket defaults for exchanges of unseen user tokens: far above what a gateway's real
+// users start per second, far below what made-up tokens would cost the IdP.
+const (
+	DefaultNewKeyRate  = 50
+	DefaultNewKeyBurst = 200
+	MaxNewKeyRate      = 100_000
+)
 
 // Config is a complete, validated plugin configuration. All header names are lower-case.
 type Config struct {

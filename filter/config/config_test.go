@@ -100,6 +100,10 @@ func TestDefaults(t *testing.T) {
 			Scope:                 "",
 			UserTokenHeader:       DefaultUserTokenHeader,
 			RemoveUserTokenHeader: true,
+			ExpectedIssuer:        "",    // not checked
+			AllowOpaqueTokens:     false, // JWTs only
+			NewKeyRate:            DefaultNewKeyRate,
+			NewKeyBurst:           DefaultNewKeyBurst,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -143,9 +147,11 @@ func TestValidValues(t *testing.T) {
 		{"scope empty", []string{`"tokenExchange":{"scope":""}`}, func(c *Config) bool { return c.TokenExchange.Scope == "" }},
 		{"userTokenHeader", []string{`"tokenExchange":{"userTokenHeader":"Authorization"}`}, func(c *Config) bool { return c.TokenExchange.UserTokenHeader == "authorization" }},
 		{"removeUserTokenHeader false", []string{`"tokenExchange":{"removeUserTokenHeader":false}`}, func(c *Config) bool { return !c.TokenExchange.RemoveUserTokenHeader }},
-		{"all exchange fields", []string{`"tokenExchange":{"enabled":true,"audience":"a","scope":"s","userTokenHeader":"x-u","removeUserTokenHeader":false}`},
+		{"all exchange fields", []string{`"tokenExchange":{"enabled":true,"audience":"a","scope":"s","userTokenHeader":"x-u","removeUserTokenHeader":false,` +
+			`"expectedIssuer":"https://kc.example.com/realms/demo","allowOpaqueTokens":true,"newKeyExchangesPerSecond":0,"newKeyExchangeBurst":7}`},
 			func(c *Config) bool {
-				return c.TokenExchange == Exchange{Enabled: true, Audience: "a", Scope: "s", UserTokenHeader: "x-u", RemoveUserTokenHeader: false}
+				return c.TokenExchange == Exchange{Enabled: true, Audience: "a", Scope: "s", UserTokenHeader: "x-u", RemoveUserTokenHeader: false,
+					ExpectedIssuer: "https://kc.example.com/realms/demo", AllowOpaqueTokens: true, NewKeyRate: 0, NewKeyBurst: 7}
 			}},
 		{"whitespace around document", nil, func(c *Config) bool { return c.ClientID == "txf" }},
 		{"escaped key", []string{`"timeout\u004ds":7`}, func(c *Config) bool { return c.TimeoutMs == 7 }},

@@ -23,6 +23,8 @@ const (
 	MaxHeaderNameBytes = 128
 	// MaxIdentifierBytes applies to clientId and tokenExchange.audience.
 	MaxIdentifierBytes = 256
+	// MaxIssuerBytes applies to tokenExchange.expectedIssuer.
+	MaxIssuerBytes = 512
 	// MaxScopeBytes applies to tokenExchange.scope.
 	MaxScopeBytes = 1024
 	// MaxURLBytes applies to tokenEndpoint.
@@ -54,6 +56,10 @@ const (
 	fScope                 = "scope"
 	fUserTokenHeader       = "userTokenHeader"
 	fRemoveUserTokenHeader = "removeUserTokenHeader"
+	fExpectedIssuer        = "expectedIssuer"
+	fAllowOpaqueTokens     = "allowOpaqueTokens"
+	fNewKeyRate            = "newKeyExchangesPerSecond"
+	fNewKeyBurst           = "newKeyExchangeBurst"
 
 	exchangePrefix = fTokenExchange + "."
 )
@@ -64,7 +70,8 @@ var (
 		fTimeoutMs, fExpirySkewSeconds, fFallbackToServiceAccount, fOutputHeader, fCacheSlots,
 		fFailureBackoffMs, fTokenExchange, fRules,
 	}
-	exchangeFields = []string{fEnabled, fAudience, fScope, fUserTokenHeader, fRemoveUserTokenHeader}
+	exchangeFields = []string{fEnabled, fAudience, fScope, fUserTokenHeader, fRemoveUserTokenHeader,
+		fExpectedIssuer, fAllowOpaqueTokens, fNewKeyRate, fNewKeyBurst}
 )
 
 // Error prefixes the list so that the single log line says what it is about even when the
@@ -166,6 +173,8 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		TokenExchange: Exchange{
 			UserTokenHeader:       DefaultUserTokenHeader,
 			RemoveUserTokenHeader: true,
+			NewKeyRate:            DefaultNewKeyRate,
+			NewKeyBurst:           DefaultNewKeyBurst,
 		},
 	}
 	var (
@@ -372,6 +381,26 @@ func (p *parser) exchange(v gjson.Result, x *Exchange) (audienceSet bool) {
 		case fRemoveUserTokenHeader:
 			if b, ok := p.boolean(path, v); ok {
 				x.RemoveUserTokenHeader = b
+			}
+		case fExpectedIssuer:
+			if s, ok := p.str(path, v); ok && p.text(path, s, MaxIssuerBytes, false) {
+				if !strings.HasPrefix(s, "https://") && !strings.HasPrefix(s, "http://") {
+					p.add(path, "must be the issuer URL the user tokens carry in iss (e.g. https://keycloak.example.com/realms/demo), got "+strconv.Quote(s))
+				} else {
+					x.ExpectedIssuer = s
+				}
+			}
+		case fAllowOpaqueTokens:
+			if b, ok := p.boolean(path, v); ok {
+				x.AllowOpaqueTokens = b
+			}
+		case fNewKeyRate:
+			if n, ok := p.integer(path, v, 0, MaxNewKeyRate); ok {
+				x.NewKeyRate = uint32(n)
+			}
+		case fNewKeyBurst:
+			if n, ok := p.integer(path, v, 1, MaxNewKeyRate); ok {
+				x.NewKeyBurst = uint32(n)
 			}
 		default:
 			p.add(path, unknownField(name, exchangeFields, topLevelFields, ""))

@@ -106,6 +106,7 @@ type Cache struct {
 	saKey      string // namespace + ":sa"
 	slKey      string // namespace + ":sl": the service-account fetch lease
 	wKey       string // namespace + ":w": the waker list
+	bKey       string // namespace + ":b": the new-key bucket
 }
 
 // New returns a cache over store whose shared-data keys all start with namespace (e.g.
@@ -123,6 +124,7 @@ func New(store Store, namespace string, slots uint32) *Cache {
 		saKey:      namespace + ":sa",
 		slKey:      namespace + ":sl",
 		wKey:       namespace + ":w",
+		bKey:       namespace + ":b",
 	}
 }
 

@@ -98,6 +98,7 @@ const (
 	FallbackNoUserToken
 	FallbackInvalidUserToken
 	FallbackExpiredUserToken
+	FallbackRateLimited
 	FallbackExchangeFailed
 	Reply401
 	Reply502

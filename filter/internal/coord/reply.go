@@ -23,6 +23,10 @@ var (
 		status: 502,
 		body:   `{"error":"token_exchange_failed","error_description":"the identity provider did not exchange the user token"}`,
 	}
+	replyBusy = localReply{
+		status: 503,
+		body:   `{"error":"temporarily_unavailable","error_description":"too many new user tokens, try again shortly"}`,
+	}
 	replyNoToken = localReply{
 		status: 503,
 		body:   `{"error":"temporarily_unavailable","error_description":"no service-account token is available"}`,

@@ -3,6 +3,7 @@ package coord
 import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+	"strconv"
 )
 
 // Request is one HTTP stream. It only decides on request and response headers: bodies,
@@ -94,11 +95,25 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
-	case userTokenExpired(token, now):
+	}
+	// What can be checked locally and cheaply, before the cache and any callout (the claims are
+	// read, not verified: they only ever refuse or shorten).
+	claims := oauth.ReadUserClaims(token)
+	switch {
+	case !claims.JWT && !ex.AllowOpaqueTokens:
+		w.warns.warn(w, "opaque-user-token", now, "a user token in "+ex.UserTokenHeader+
+			" is not a JWT (set tokenExchange.allowOpaqueTokens to exchange opaque tokens); "+w.failureOutcomeShort())
+		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
+	case claims.HasExp && claims.Exp*1000 <= now:
 		// Keycloak would refuse it ("Invalid token"), and a token cached for it must not
 		// outlive it: checked before the cache, so neither the IdP nor the cache serves it.
 		w.logDebug("the user token in " + ex.UserTokenHeader + " is past its exp: " + w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackExpiredUserToken)
+	case ex.ExpectedIssuer != "" && claims.JWT && claims.Issuer != ex.ExpectedIssuer:
+		// The token's own iss is the sender's to choose: never logged.
+		w.warns.warn(w, "issuer", now, "a user token in "+ex.UserTokenHeader+" was not issued by tokenExchange.expectedIssuer "+
+			strconv.Quote(ex.ExpectedIssuer)+"; "+w.failureOutcomeShort())
+		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
 
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
@@ -110,18 +125,26 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		// The last exchange of this user token failed moments ago: do not call the IdP again.
 		w.count(CacheMiss)
 		req.backedOff(cur.Status)
+	case cache.Miss:
+		w.count(CacheMiss)
+		// Nothing known about this user token anywhere in this Envoy: a new exchange draws from
+		// the bucket that bounds what made-up tokens can cost the IdP (joining a running one is free).
+		if _, running := w.flights.Get(string(key[:])); !running && !w.Cache.TakeNewKey(ex.NewKeyRate, ex.NewKeyBurst, now) {
+			w.count(FallbackRateLimited)
+			w.warns.warn(w, "new-key-bucket", now, "more new user tokens than tokenExchange.newKeyExchangesPerSecond allows; "+w.failureOutcomeShort())
+			if !w.cfg.FallbackToServiceAccount {
+				req.reply(replyBusy)
+				return req.action()
+			}
+			req.useServiceToken()
+			return req.action()
+		}
+		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
 	default:
 		w.count(CacheMiss)
 		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
 	}
 	return req.action()
-}
-
-// userTokenExpired: the token is a JWT whose exp (read, not verified: it only ever shortens) has
-// passed on the wall clock.
-func userTokenExpired(token string, nowMs int64) bool {
-	exp, ok := oauth.UserTokenExpiry(token)
-	return ok && exp*1000 <= nowMs
 }
 
 // withoutUserToken settles a request that brought no usable user token: strict mode answers

@@ -7,41 +7,59 @@ import (
 	"github.com/tidwall/gjson"
 )
 
-// maxPayloadBytes bounds the decoded JWT payload read for its exp (the whole token is at most
-// MaxTokenBytes anyway).
+// maxPayloadBytes bounds the decoded JWT payload (the whole token is at most MaxTokenBytes).
 const maxPayloadBytes = 12 << 10
 
-// UserTokenExpiry reads the exp claim (seconds since the epoch) of a JWT without verifying it:
-// the filter only ever uses it to shorten what it does (a token past its exp is not sent to the
-// IdP; a cached exchange is not used past it), never to trust the token. ok is false for a
-// token that is not three base64url parts with a JSON object payload carrying a numeric exp in
-// range: an opaque token, a JWE, garbage.
-func UserTokenExpiry(token string) (expSec int64, ok bool) {
+// UserClaims is what the filter reads from a user token before any callout, without verifying
+// it: it is only ever used to refuse or shorten (a token past its exp, with another issuer, or
+// not a JWT at all is not sent to the IdP; a cached exchange is not used past the exp), never
+// to trust anything.
+type UserClaims struct {
+	JWT    bool   // three base64url parts, the middle one a JSON object
+	Exp    int64  // exp in seconds since the epoch, if HasExp
+	HasExp bool   // a numeric exp in range
+	Issuer string // iss, if a string (attacker-controlled: compare it, never log it)
+}
+
+// ReadUserClaims parses token as a JWS compact serialisation (header.payload.signature, none
+// empty). Anything else (an opaque token, a JWE's five parts, garbage) has JWT false.
+func ReadUserClaims(token string) UserClaims {
 	first := strings.IndexByte(token, '.')
 	if first <= 0 {
-		return 0, false
+		return UserClaims{}
 	}
 	rest := token[first+1:]
 	second := strings.IndexByte(rest, '.')
-	if second <= 0 || strings.IndexByte(rest[second+1:], '.') >= 0 || second+1 == len(rest) {
-		return 0, false
+	if second <= 0 || second+1 == len(rest) || strings.IndexByte(rest[second+1:], '.') >= 0 {
+		return UserClaims{}
 	}
 	payload := strings.TrimRight(rest[:second], "=")
-	if base64.RawURLEncoding.DecodedLen(len(payload)) > maxPayloadBytes {
-		return 0, false
+	n := base64.RawURLEncoding.DecodedLen(len(payload))
+	if n > maxPayloadBytes {
+		return UserClaims{}
 	}
 	var stack [2048]byte
 	buf := stack[:0]
-	if n := base64.RawURLEncoding.DecodedLen(len(payload)); n > len(stack) {
+	if n > len(stack) {
 		buf = make([]byte, 0, n)
 	}
 	buf, err := base64.RawURLEncoding.AppendDecode(buf, []byte(payload))
 	if err != nil || len(buf) == 0 || buf[0] != '{' || !gjson.ValidBytes(buf) {
-		return 0, false
+		return UserClaims{}
 	}
-	exp := gjson.GetBytes(buf, "exp")
-	if exp.Type != gjson.Number || exp.Num < 0 || exp.Num > 1e11 {
-		return 0, false
+	c := UserClaims{JWT: true}
+	fields := gjson.GetManyBytes(buf, "exp", "iss")
+	if exp := fields[0]; exp.Type == gjson.Number && exp.Num >= 0 && exp.Num <= 1e11 {
+		c.Exp, c.HasExp = int64(exp.Num), true
 	}
-	return int64(exp.Num), true
+	if iss := fields[1]; iss.Type == gjson.String {
+		c.Issuer = iss.Str
+	}
+	return c
+}
+
+// UserTokenExpiry is the exp of a JWT user token (see ReadUserClaims).
+func UserTokenExpiry(token string) (expSec int64, ok bool) {
+	c := ReadUserClaims(token)
+	return c.Exp, c.HasExp
 }

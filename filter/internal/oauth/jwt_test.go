@@ -50,3 +50,18 @@ func FuzzUserTokenExpiry(f *testing.F) {
 		}
 	})
 }
+
+func TestReadUserClaims(t *testing.T) {
+	c := ReadUserClaims(jwtWith(`{"exp":10,"iss":"https://kc.example.com/realms/demo"}`))
+	if !c.JWT || c.Exp != 10 || !c.HasExp || c.Issuer != "https://kc.example.com/realms/demo" {
+		t.Errorf("%+v", c)
+	}
+	if c := ReadUserClaims(jwtWith(`{"iss":42}`)); !c.JWT || c.HasExp || c.Issuer != "" {
+		t.Errorf("numeric iss: %+v", c)
+	}
+	for _, opaque := range []string{"c2VjcmV0LW9wYXF1ZS10b2tlbg", "a.b.c.d.e", jwtWith(`"string"`), "x.e30"} {
+		if c := ReadUserClaims(opaque); c.JWT {
+			t.Errorf("%q read as a JWT", opaque)
+		}
+	}
+}

@@ -16,6 +16,7 @@ const (
 	metricFallbackNoUserToken    = "token_exchange.fallback.no_user_token"
 	metricFallbackInvalidToken   = "token_exchange.fallback.invalid_user_token"
 	metricFallbackExpiredToken   = "token_exchange.fallback.expired_user_token"
+	metricFallbackRateLimited    = "token_exchange.fallback.new_key_rate_limited"
 	metricFallbackExchangeFailed = "token_exchange.fallback.exchange_failed"
 	metricReplyPrefix            = "token_exchange.local_reply." // + status
 	metricHeld                   = "token_exchange.requests_held"
@@ -86,6 +87,7 @@ var metricNames = [coord.NumMetrics]string{
 	coord.FallbackNoUserToken:            metricFallbackNoUserToken,
 	coord.FallbackInvalidUserToken:       metricFallbackInvalidToken,
 	coord.FallbackExpiredUserToken:       metricFallbackExpiredToken,
+	coord.FallbackRateLimited:            metricFallbackRateLimited,
 	coord.FallbackExchangeFailed:         metricFallbackExchangeFailed,
 	coord.Reply401:                       metricReplyPrefix + "401",
 	coord.Reply502:                       metricReplyPrefix + "502",

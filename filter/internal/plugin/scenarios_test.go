@@ -342,7 +342,7 @@ func TestScenario6_FailureWarningIsRateLimited(t *testing.T) {
 		h := start(t, runner, pluginConfig(exchangeOn))
 		h.serviceTokenReady()
 		for i := 0; i < 20; i++ { // 20 users during an IdP outage
-			id, _ := h.userRequest("USER" + itoa(i) + ".eyJ9.sig")
+			id, _ := h.userRequest("USER" + itoa(i) + ".e30.sig")
 			h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "500", "")
 			h.wantForwarded(id, testServiceToken)
 		}
@@ -498,8 +498,8 @@ func TestScenario9_Upstream401DropsServiceToken(t *testing.T) {
 		if action != types.ActionPause {
 			t.Fatalf("service-account token still used after an upstream 401")
 		}
-		h.answer(h.oneCallout("client_credentials"), "200", tokenBody("SERVICE2.eyJ9.sig", 300))
-		h.wantForwarded(next, "SERVICE2.eyJ9.sig")
+		h.answer(h.oneCallout("client_credentials"), "200", tokenBody("SERVICE2.e30.sig", 300))
+		h.wantForwarded(next, "SERVICE2.e30.sig")
 	})
 }
 
