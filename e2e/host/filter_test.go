@@ -60,13 +60,16 @@ func startFilter(t *testing.T, idp *fakeIdP, up *upstream, conf string) *Host {
 // it through a callout dispatched from its root context, then resumed upstream with the
 // exchanged token; the next request with that token, on the other worker, uses the cache in
 // shared data without a callout.
+// user1 is a user token as the filter accepts it by default: JWT-shaped (never verified).
+const user1 = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c2VyMSJ9.sig"
+
 func TestRealFilterExchange(t *testing.T) {
 	idp, up := newFakeIdP(t), newUpstream(t, echo)
 	h := startFilter(t, idp, up, `{"tokenEndpoint":"http://idp.example/token","cluster":"idp","clientId":"filter",
 		"clientSecret":"s3cret","timeoutMs":60000,"tokenExchange":{"enabled":true,"audience":"api"}}`)
 	answer := make(chan reply, 1)
 	go func() {
-		r, err := doErr(context.Background(), h, "GET", "/things", map[string]string{"x-user-oidc-token": "user1"}, nil)
+		r, err := doErr(context.Background(), h, "GET", "/things", map[string]string{"x-user-oidc-token": user1}, nil)
 		if err != nil {
 			t.Error(err)
 		}
@@ -83,17 +86,17 @@ func TestRealFilterExchange(t *testing.T) {
 	if r.status != 200 {
 		t.Fatalf("answer %+v", r)
 	}
-	r2 := do(t, h, "GET", "/more", map[string]string{"x-user-oidc-token": "user1"}, nil)
+	r2 := do(t, h, "GET", "/more", map[string]string{"x-user-oidc-token": user1}, nil)
 	if r2.status != 200 {
 		t.Fatalf("second answer %+v", r2)
 	}
 	for i, s := range up.seen() {
-		if got := s.header.Get("authorization"); got != "Bearer x-user1" || s.header.Get("x-user-oidc-token") != "" {
+		if got := s.header.Get("authorization"); got != "Bearer x-"+user1 || s.header.Get("x-user-oidc-token") != "" {
 			t.Errorf("request %d went upstream with authorization %q, user token header %q", i, got, s.header.Get("x-user-oidc-token"))
 		}
 	}
-	if got := idp.seen(); len(got) != 1 || got[0] != "user1@api" {
-		t.Errorf("exchanges at the IdP: %v, want one for user1@api", got)
+	if got := idp.seen(); len(got) != 1 || got[0] != user1+"@api" {
+		t.Errorf("exchanges at the IdP: %v, want one for user1 at api", got)
 	}
 	if h.Callouts("idp") < 1 || h.Callouts("api") != 0 {
 		t.Errorf("callouts: %d to idp, %d to api", h.Callouts("idp"), h.Callouts("api"))

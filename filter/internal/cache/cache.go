@@ -71,7 +71,7 @@ const (
 	EntriesPerSlot   = 4
 	MaxTokenBytes    = 8 << 10 // longer tokens are used but not cached
 	SlotHeaderBytes  = 2       // format version, entry count
-	EntryHeaderBytes = 16 + 8 + 2
+	EntryHeaderBytes = 16 + 8 + 8 + 2
 )
 
 // MaxAttempts bounds the compare-and-swap writes of one Put, Delete or service-token update.
@@ -192,10 +192,12 @@ func (c *Cache) Delete(k Key) error {
 	return c.apply(c.SlotKey(k), &o)
 }
 
-// DeleteToken removes the entry of k only if it still holds token. Use it on an upstream 401:
-// another worker may already have replaced the refused token with a fresh one, which must stay.
-func (c *Cache) DeleteToken(k Key, token string) error {
-	o := op{kind: opDelete, id: k.id(), token: token, matchToken: true}
+// DeleteToken removes the entry of k only if it still holds token and was stored at least
+// minAgeMs before nowMs. Use it on an upstream 401: another worker may already have replaced the
+// refused token with a fresh one, which must stay; and a token younger than minAgeMs stays too,
+// so that a path answering 401 to everything costs at most one exchange per key per minAgeMs.
+func (c *Cache) DeleteToken(k Key, token string, nowMs, minAgeMs int64) error {
+	o := op{kind: opDelete, id: k.id(), token: token, matchToken: true, nowMs: nowMs, minAgeMs: minAgeMs}
 	return c.apply(c.SlotKey(k), &o)
 }
 
@@ -216,7 +218,8 @@ type op struct {
 	kind        opKind
 	id          [16]byte
 	token       string
-	matchToken  bool // opDelete: only if the entry holds token
+	matchToken  bool  // opDelete: only if the entry holds token
+	minAgeMs    int64 // opDelete with matchToken, opDropService: only if stored that long before nowMs
 	expiresAtMs int64
 	refreshAtMs int64
 	nowMs       int64
@@ -373,9 +376,15 @@ func (o *op) modifyPut(cur []byte) ([]byte, bool) {
 	size := slotSize(es[:m]) + EntryHeaderBytes + len(o.token)
 	buf := appendSlotHeader(make([]byte, 0, size), m+1)
 	for i := range es[:m] {
-		buf = appendEntry(buf, es[i].id, es[i].expiresAtMs, es[i].token)
+		buf = appendEntry(buf, es[i].id, es[i].expiresAtMs, es[i].storedAtMs, es[i].token)
 	}
-	return appendEntry(buf, o.id, o.expiresAtMs, o.token), true
+	return appendEntry(buf, o.id, o.expiresAtMs, o.nowMs, o.token), true
+}
+
+// tooYoung: something stored at atMs is less than minAgeMs old (written without overflow for any
+// atMs shared data may hold; one from the future is young).
+func (o *op) tooYoung(atMs int64) bool {
+	return o.minAgeMs > 0 && atMs > o.nowMs-o.minAgeMs
 }
 
 func (o *op) modifyDelete(cur []byte) ([]byte, bool) {
@@ -388,7 +397,7 @@ func (o *op) modifyDelete(cur []byte) ([]byte, bool) {
 		if es[i].id != o.id {
 			continue
 		}
-		if o.matchToken && string(es[i].token) != o.token {
+		if o.matchToken && (string(es[i].token) != o.token || o.tooYoung(es[i].storedAtMs)) {
 			return nil, false
 		}
 		if o.matchLease && !strings.HasPrefix(string(es[i].token), leasePrefix+o.owner+":") {

@@ -377,7 +377,7 @@ func TestStoreErrors(t *testing.T) {
 	if err := c.Delete(userKey(1)); !errors.Is(err, boom) {
 		t.Errorf("Delete with failing Set = %v", err)
 	}
-	if err := c.DropServiceToken("sa"); !errors.Is(err, boom) {
+	if err := c.DropServiceToken("sa", 0, 0); !errors.Is(err, boom) {
 		t.Errorf("DropServiceToken with failing Set = %v", err)
 	}
 	c = cache.New(failingStore{Store: s, getErr: boom}, ns, 1)
@@ -411,24 +411,25 @@ func corruptSlots(k cache.Key) map[string][]byte {
 	}
 	five[0].ID = k.ID()
 	zeroLen := mod(func(b []byte) []byte {
-		binary.BigEndian.PutUint16(b[2+24:], 0)
-		return b[:2+26]
+		binary.BigEndian.PutUint16(b[2+32:], 0)
+		return b[:2+34]
 	})
 	return map[string][]byte{
 		"truncated":        mod(func(b []byte) []byte { return b[:len(b)-1] }),
-		"truncated header": mod(func(b []byte) []byte { return b[:2+20] }),
+		"truncated header": mod(func(b []byte) []byte { return b[:2+28] }),
 		"only version":     mod(func(b []byte) []byte { return b[:1] }),
 		"trailing byte":    mod(func(b []byte) []byte { return append(b, 0) }),
 		"count too high":   mod(func(b []byte) []byte { b[1] = cache.EntriesPerSlot + 1; return b }),
 		"count above data": mod(func(b []byte) []byte { b[1] = 2; return b }),
 		"count below data": mod(func(b []byte) []byte { b[1] = 0; return b }),
 		"length zero":      zeroLen,
-		"length too long":  mod(func(b []byte) []byte { binary.BigEndian.PutUint16(b[2+24:], 7); return b }),
+		"length too long":  mod(func(b []byte) []byte { binary.BigEndian.PutUint16(b[2+32:], 7); return b }),
 		"oversize token":   big,
 		"five entries":     cache.EncodeSlot(five),
 		"duplicate id":     two,
 		"version 0":        mod(func(b []byte) []byte { b[0] = 0; return b }),
-		"version 2":        mod(func(b []byte) []byte { b[0] = 2; return b }),
+		"version 1":        mod(func(b []byte) []byte { b[0] = 1; return b }), // the format before storedAtMs
+		"version 3":        mod(func(b []byte) []byte { b[0] = 3; return b }),
 		"version 255":      mod(func(b []byte) []byte { b[0] = 255; return b }),
 		"service record":   cache.EncodeService(cache.ServiceToken{Token: "secret", ExpiresAtMs: math.MaxInt64}),
 		"text":             []byte("secret"),
@@ -491,11 +492,11 @@ func TestDelete(t *testing.T) {
 			t.Fatal("Delete of a missing entry wrote")
 		}
 		// DeleteToken: only the token the upstream refused.
-		if err := c.DeleteToken(userKey(1), "an older token"); err != nil {
+		if err := c.DeleteToken(userKey(1), "an older token", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		mustHit(t, c, userKey(1), 0, token(1, 8))
-		if err := c.DeleteToken(userKey(1), token(1, 8)); err != nil {
+		if err := c.DeleteToken(userKey(1), token(1, 8), 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		mustMiss(t, c, userKey(1), 0)
@@ -590,17 +591,17 @@ func TestServiceToken(t *testing.T) {
 		put("T1", 1000, 800) // identical: no write
 		put("T2", 2000, 1800)
 		want(0, "T2")
-		if err := c.DropServiceToken("T1"); err != nil { // an old token's 401
+		if err := c.DropServiceToken("T1", 0, 0); err != nil { // an old token's 401
 			t.Fatal(err)
 		}
 		want(0, "T2")
-		if err := c.DropServiceToken("T2"); err != nil {
+		if err := c.DropServiceToken("T2", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		want(0, "")
 		want(math.MinInt64, "")
 		s.ResetCounters()
-		if err := c.DropServiceToken("T2"); err != nil { // already dropped
+		if err := c.DropServiceToken("T2", 0, 0); err != nil { // already dropped
 			t.Fatal(err)
 		}
 		if s.Sets() != 0 {
@@ -639,7 +640,7 @@ func TestServiceTokenCorrupt(t *testing.T) {
 			if got, ok := c.ServiceToken(0); ok {
 				t.Fatalf("%s: ServiceToken = %+v", name, got)
 			}
-			if err := c.DropServiceToken("secret"); err != nil {
+			if err := c.DropServiceToken("secret", 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			if err := c.PutServiceToken(cache.ServiceToken{Token: "fresh", ExpiresAtMs: 1000}); err != nil {
@@ -685,9 +686,9 @@ func TestServiceTokenRace(t *testing.T) {
 }
 
 func TestSharedBytesBoundValue(t *testing.T) {
-	// 1024 × (32874 + 13 + 3) + (10×1 + 90×2 + 900×3 + 24×4) + 8211 + 13 + 3 + …, the waker list
+	// 1024 × (32906 + 13 + 3) + (10×1 + 90×2 + 900×3 + 24×4) + 8219 + 13 + 3 + …, the waker list
 	// 64 × (16 + 8): each record carries its VM's last heartbeat; the new-key bucket 17 + 13 + 2
-	if got, want := cache.SharedBytesBound(1024, len(ns)), 33692264; got != want {
+	if got, want := cache.SharedBytesBound(1024, len(ns)), 33725048; got != want {
 		t.Fatalf("SharedBytesBound(1024, %d) = %d, want %d", len(ns), got, want)
 	}
 	if cache.SharedBytesBound(0, 1) != cache.SharedBytesBound(1, 1) {

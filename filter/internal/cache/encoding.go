@@ -6,17 +6,18 @@ import "encoding/binary"
 // version it knows, so a value written by another version of the plugin (sharing the vm_id and,
 // by mistake, the namespace) is never misread, only overwritten.
 const (
-	slotVersion    = 1 // slot: version, count, count × (id[16], expiresAtMs int64, len uint16, token)
-	serviceVersion = 2 // service token: version, expiresAtMs int64, refreshAtMs int64, len uint16, token
+	slotVersion    = 2 // slot: version, count, count × (id[16], expiresAtMs int64, storedAtMs int64, len uint16, token)
+	serviceVersion = 3 // service token: version, expiresAtMs int64, refreshAtMs int64, obtainedAtMs int64, len uint16, token
 )
 
 // serviceHeaderBytes is the size of a service-token record without its token.
-const serviceHeaderBytes = 1 + 8 + 8 + 2
+const serviceHeaderBytes = 1 + 8 + 8 + 8 + 2
 
 // entry is one decoded slot entry. token aliases the decoded value: decoding allocates nothing.
 type entry struct {
 	id          [16]byte
 	expiresAtMs int64
+	storedAtMs  int64 // when the entry was written: an upstream 401 drops only a token in use a while
 	token       []byte
 }
 
@@ -37,7 +38,8 @@ func decodeSlot(v []byte, out *[EntriesPerSlot]entry) (n int, ok bool) {
 		e := &out[i]
 		copy(e.id[:], p[0:16])
 		e.expiresAtMs = int64(binary.BigEndian.Uint64(p[16:24]))
-		l := int(binary.BigEndian.Uint16(p[24:26]))
+		e.storedAtMs = int64(binary.BigEndian.Uint64(p[24:32]))
+		l := int(binary.BigEndian.Uint16(p[32:34]))
 		p = p[EntryHeaderBytes:]
 		if l == 0 || l > MaxTokenBytes || l > len(p) {
 			return 0, false
@@ -73,24 +75,26 @@ func appendSlotHeader(dst []byte, count int) []byte {
 func appendSlot(dst []byte, es []entry) []byte {
 	dst = appendSlotHeader(dst, len(es))
 	for i := range es {
-		dst = appendEntry(dst, es[i].id, es[i].expiresAtMs, es[i].token)
+		dst = appendEntry(dst, es[i].id, es[i].expiresAtMs, es[i].storedAtMs, es[i].token)
 	}
 	return dst
 }
 
 // appendEntry takes the token as string or []byte so that neither needs converting (copying).
-func appendEntry[T ~string | ~[]byte](dst []byte, id [16]byte, expiresAtMs int64, token T) []byte {
+func appendEntry[T ~string | ~[]byte](dst []byte, id [16]byte, expiresAtMs, storedAtMs int64, token T) []byte {
 	dst = append(dst, id[:]...)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(expiresAtMs))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(storedAtMs))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(token)))
 	return append(dst, token...)
 }
 
 // serviceRecord is a decoded service-token record; token aliases the decoded value.
 type serviceRecord struct {
-	expiresAtMs int64
-	refreshAtMs int64
-	token       []byte
+	expiresAtMs  int64
+	refreshAtMs  int64
+	obtainedAtMs int64
+	token        []byte
 }
 
 // decodeService decodes a service-token record, as strictly as decodeSlot.
@@ -98,22 +102,24 @@ func decodeService(v []byte) (r serviceRecord, ok bool) {
 	if len(v) < serviceHeaderBytes || v[0] != serviceVersion {
 		return serviceRecord{}, false
 	}
-	l := int(binary.BigEndian.Uint16(v[17:19]))
+	l := int(binary.BigEndian.Uint16(v[25:27]))
 	if l == 0 || l > MaxTokenBytes || len(v) != serviceHeaderBytes+l {
 		return serviceRecord{}, false
 	}
 	return serviceRecord{
-		expiresAtMs: int64(binary.BigEndian.Uint64(v[1:9])),
-		refreshAtMs: int64(binary.BigEndian.Uint64(v[9:17])),
-		token:       v[serviceHeaderBytes:],
+		expiresAtMs:  int64(binary.BigEndian.Uint64(v[1:9])),
+		refreshAtMs:  int64(binary.BigEndian.Uint64(v[9:17])),
+		obtainedAtMs: int64(binary.BigEndian.Uint64(v[17:25])),
+		token:        v[serviceHeaderBytes:],
 	}, true
 }
 
 // appendService encodes a service-token record (token length checked by the caller).
-func appendService[T ~string | ~[]byte](dst []byte, expiresAtMs, refreshAtMs int64, token T) []byte {
+func appendService[T ~string | ~[]byte](dst []byte, expiresAtMs, refreshAtMs, obtainedAtMs int64, token T) []byte {
 	dst = append(dst, serviceVersion)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(expiresAtMs))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(refreshAtMs))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(obtainedAtMs))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(token)))
 	return append(dst, token...)
 }

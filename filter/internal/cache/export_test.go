@@ -6,6 +6,7 @@ package cache
 type TestEntry struct {
 	ID          [16]byte
 	ExpiresAtMs int64
+	StoredAtMs  int64
 	Token       []byte
 }
 
@@ -19,7 +20,7 @@ func DecodeSlot(v []byte) ([]TestEntry, bool) {
 	}
 	out := make([]TestEntry, n)
 	for i := range es[:n] {
-		out[i] = TestEntry{ID: es[i].id, ExpiresAtMs: es[i].expiresAtMs, Token: es[i].token}
+		out[i] = TestEntry{ID: es[i].id, ExpiresAtMs: es[i].expiresAtMs, StoredAtMs: es[i].storedAtMs, Token: es[i].token}
 	}
 	return out, true
 }
@@ -28,7 +29,7 @@ func DecodeSlot(v []byte) ([]TestEntry, bool) {
 func EncodeSlot(es []TestEntry) []byte {
 	in := make([]entry, len(es))
 	for i, e := range es {
-		in[i] = entry{id: e.ID, expiresAtMs: e.ExpiresAtMs, token: e.Token}
+		in[i] = entry{id: e.ID, expiresAtMs: e.ExpiresAtMs, storedAtMs: e.StoredAtMs, token: e.Token}
 	}
 	return appendSlot(nil, in)
 }
@@ -38,11 +39,11 @@ func DecodeService(v []byte) (ServiceToken, bool) {
 	if !ok {
 		return ServiceToken{}, false
 	}
-	return ServiceToken{Token: string(r.token), ExpiresAtMs: r.expiresAtMs, RefreshAtMs: r.refreshAtMs}, true
+	return ServiceToken{Token: string(r.token), ExpiresAtMs: r.expiresAtMs, RefreshAtMs: r.refreshAtMs, ObtainedAtMs: r.obtainedAtMs}, true
 }
 
 func EncodeService(t ServiceToken) []byte {
-	return appendService(nil, t.ExpiresAtMs, t.RefreshAtMs, t.Token)
+	return appendService(nil, t.ExpiresAtMs, t.RefreshAtMs, t.ObtainedAtMs, t.Token)
 }
 
 // ID is the id stored in the slot for k.

@@ -6,8 +6,9 @@ import "math"
 // one fetch serves them all.
 type ServiceToken struct {
 	Token       string
-	ExpiresAtMs int64 // not usable from then on (skew already subtracted by the caller)
-	RefreshAtMs int64 // a worker should start fetching a new one from then on
+	ExpiresAtMs  int64 // not usable from then on (skew already subtracted by the caller)
+	RefreshAtMs  int64 // a worker should start fetching a new one from then on
+	ObtainedAtMs int64 // when it was fetched: an upstream 401 drops only a token in use a while
 }
 
 // droppedMs marks a record dropped after an upstream 401: no nowMs is before it, and any real
@@ -25,7 +26,7 @@ func (c *Cache) ServiceToken(nowMs int64) (ServiceToken, bool) {
 	if !ok || nowMs >= r.expiresAtMs {
 		return ServiceToken{}, false
 	}
-	return ServiceToken{Token: string(r.token), ExpiresAtMs: r.expiresAtMs, RefreshAtMs: r.refreshAtMs}, true
+	return ServiceToken{Token: string(r.token), ExpiresAtMs: r.expiresAtMs, RefreshAtMs: r.refreshAtMs, ObtainedAtMs: r.obtainedAtMs}, true
 }
 
 // PutServiceToken stores t unless the stored record expires later than t (another worker
@@ -36,14 +37,16 @@ func (c *Cache) PutServiceToken(t ServiceToken) error {
 	if len(t.Token) == 0 || len(t.Token) > MaxTokenBytes {
 		return ErrNotCacheable
 	}
-	o := op{kind: opPutService, token: t.Token, expiresAtMs: t.ExpiresAtMs, refreshAtMs: t.RefreshAtMs}
+	o := op{kind: opPutService, token: t.Token, expiresAtMs: t.ExpiresAtMs, refreshAtMs: t.RefreshAtMs, nowMs: t.ObtainedAtMs}
 	return c.apply(c.saKey, &o)
 }
 
-// DropServiceToken marks the stored record expired if it still holds token. An upstream 401 on
-// a request that carried an old token must not drop the newer one another worker stored since.
-func (c *Cache) DropServiceToken(token string) error {
-	o := op{kind: opDropService, token: token}
+// DropServiceToken marks the stored record expired if it still holds token and that token was
+// obtained at least minAgeMs before nowMs. An upstream 401 on a request that carried an old
+// token must not drop the newer one another worker stored since, and a fresh token stays, so
+// that anonymous requests to a path answering 401 cost at most one fetch per minAgeMs.
+func (c *Cache) DropServiceToken(token string, nowMs, minAgeMs int64) error {
+	o := op{kind: opDropService, token: token, nowMs: nowMs, minAgeMs: minAgeMs}
 	return c.apply(c.saKey, &o)
 }
 
@@ -56,14 +59,14 @@ func (o *op) modifyPutService(cur []byte) ([]byte, bool) {
 			return nil, false // already there (a read-back after creating the key relies on it)
 		}
 	}
-	return appendService(make([]byte, 0, serviceHeaderBytes+len(o.token)), o.expiresAtMs, o.refreshAtMs, o.token), true
+	return appendService(make([]byte, 0, serviceHeaderBytes+len(o.token)), o.expiresAtMs, o.refreshAtMs, o.nowMs, o.token), true
 }
 
 func (o *op) modifyDropService(cur []byte) ([]byte, bool) {
 	r, ok := decodeService(cur)
-	if !ok || r.expiresAtMs == droppedMs || string(r.token) != o.token {
+	if !ok || r.expiresAtMs == droppedMs || string(r.token) != o.token || o.tooYoung(r.obtainedAtMs) {
 		return nil, false
 	}
 	// The token stays in the record only so that it keeps its strict format (length ≥ 1).
-	return appendService(make([]byte, 0, len(cur)), droppedMs, droppedMs, r.token), true
+	return appendService(make([]byte, 0, len(cur)), droppedMs, droppedMs, r.obtainedAtMs, r.token), true
 }

@@ -285,14 +285,16 @@ func (req *Request) OnResponseHeaders(status func() (string, bool)) {
 		return
 	}
 	w := req.w
+	now := w.host.NowMs()
 	if req.usedKey != "" {
-		// Only if it still holds the token we sent: another worker may have stored a fresh one.
-		_ = w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken)
-		w.logDebug("upstream answered 401: dropped the cached exchanged token")
+		// Only if it still holds the token we sent (another worker may have stored a fresh
+		// one) and that token has been in use a while (Drop401MinAgeMs).
+		_ = w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken, now, Drop401MinAgeMs)
+		w.logDebug("upstream answered 401: dropped the cached exchanged token unless it is new")
 	}
 	if req.usedService != "" {
-		w.service.dropped(req.usedService)
-		w.logDebug("upstream answered 401: dropped service-account token " + oauth.Fingerprint(req.usedService))
+		w.service.dropped(req.usedService, now)
+		w.logDebug("upstream answered 401: dropped service-account token " + oauth.Fingerprint(req.usedService) + " unless it is new")
 	}
 }
 

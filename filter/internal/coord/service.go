@@ -13,6 +13,11 @@ import (
 const (
 	// Retry back-off of the service-account fetch after a failure (ServiceRetryMinMs doubling).
 	ServiceRetryMinMs = 1_000
+	// Drop401MinAgeMs is how long a token must have been in use before an upstream 401 drops
+	// it: a path that answers 401 to everything (anonymous requests carry the service-account
+	// token) then costs at most one fetch, or one exchange per user, per this window, however
+	// many requests it gets. A token really revoked is replaced within it.
+	Drop401MinAgeMs = 10_000
 	saRetryMaxMs      = 30_000
 	// saUnknownLifetimeMs is how long a service-account token whose answer gave no expiry (no
 	// expires_in, not a JWT) is used before it is fetched again.
@@ -101,7 +106,7 @@ func (s *serviceSource) result(_ string, tok oauth.Token, fail *oauth.Failure, w
 		lifeMs, ok = saUnknownLifetimeMs, true
 	}
 	if ok {
-		t := cache.ServiceToken{Token: tok.AccessToken, ExpiresAtMs: now + lifeMs, RefreshAtMs: now + lifeMs*3/4}
+		t := cache.ServiceToken{Token: tok.AccessToken, ExpiresAtMs: now + lifeMs, RefreshAtMs: now + lifeMs*3/4, ObtainedAtMs: now}
 		if err := w.Cache.PutServiceToken(t); err != nil {
 			s.local = t
 			if !errors.Is(err, cache.ErrNotCacheable) {
@@ -230,9 +235,9 @@ func (s *serviceSource) start(now int64) {
 }
 
 // dropped forgets a service-account token the upstream refused.
-func (s *serviceSource) dropped(token string) {
-	_ = s.w.Cache.DropServiceToken(token)
-	if s.local.Token == token {
+func (s *serviceSource) dropped(token string, now int64) {
+	_ = s.w.Cache.DropServiceToken(token, now, Drop401MinAgeMs)
+	if s.local.Token == token && now-s.local.ObtainedAtMs >= Drop401MinAgeMs {
 		s.local = cache.ServiceToken{}
 	}
 	s.nextCheckMs = 0

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"github.com/kagenti/token-exchange-filter/filter/internal/coord"
 	"strings"
 	"testing"
 
@@ -461,46 +462,74 @@ func TestScenario13_HeldRequestReleasedAtDeadline(t *testing.T) {
 	})
 }
 
-// Scenario 9: an upstream 401 drops the cached token so the next request fetches a fresh one.
+// Scenario 9: an upstream 401 drops the cached token so the next request fetches a fresh one,
+// once the token has been in use for Drop401MinAgeMs; a newer one stays, so a path answering
+// 401 to everything costs at most one exchange per user per window. (Go runner: the clock moves.)
 func TestScenario9_Upstream401DropsCachedToken(t *testing.T) {
-	forEachRunner(t, func(t *testing.T, runner string) {
-		h := start(t, runner, pluginConfig(exchangeOn))
-		h.serviceTokenReady()
-		id, _ := h.userRequest(testUserToken)
-		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
-		h.wantForwarded(id, testExchanged)
+	clock := fakeClock(t)
+	h := start(t, "go", pluginConfig(exchangeOn))
+	h.serviceTokenReady()
+	id, _ := h.userRequest(testUserToken)
+	h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
+	h.wantForwarded(id, testExchanged)
+	// A storm of 401s on the fresh token drops nothing.
+	for i := 0; i < 50; i++ {
 		h.host.CallOnResponseHeaders(id, [][2]string{{":status", "401"}}, false)
-
-		next, action := h.userRequest(testUserToken)
-		if action != types.ActionPause {
-			t.Fatalf("token still cached after an upstream 401")
+		again, action := h.userRequest(testUserToken)
+		if action != types.ActionContinue {
+			t.Fatalf("401 number %d dropped a token in use for less than %d ms", i+1, coord.Drop401MinAgeMs)
 		}
-		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged2, 300))
-		h.wantForwarded(next, testExchanged2)
+		h.wantForwarded(again, testExchanged)
+		id = again
+	}
+	h.noCallout()
 
-		// A 200 or 403 does not drop anything.
-		h.host.CallOnResponseHeaders(next, [][2]string{{":status", "403"}}, false)
-		if _, action := h.userRequest(testUserToken); action != types.ActionContinue {
-			t.Fatalf("a 403 dropped the cached token")
-		}
-	})
+	clock.advance(coord.Drop401MinAgeMs)
+	h.host.CallOnResponseHeaders(id, [][2]string{{":status", "401"}}, false)
+	next, action := h.userRequest(testUserToken)
+	if action != types.ActionPause {
+		t.Fatalf("token still cached after an upstream 401")
+	}
+	h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged2, 300))
+	h.wantForwarded(next, testExchanged2)
+
+	// A 200 or 403 does not drop anything.
+	clock.advance(coord.Drop401MinAgeMs)
+	h.host.CallOnResponseHeaders(next, [][2]string{{":status", "403"}}, false)
+	if _, action := h.userRequest(testUserToken); action != types.ActionContinue {
+		t.Fatalf("a 403 dropped the cached token")
+	}
 }
 
 func TestScenario9_Upstream401DropsServiceToken(t *testing.T) {
-	forEachRunner(t, func(t *testing.T, runner string) {
-		h := start(t, runner, pluginConfig(""))
-		h.serviceTokenReady()
-		id, _ := h.request()
-		h.wantForwarded(id, testServiceToken)
+	clock := fakeClock(t)
+	h := start(t, "go", pluginConfig(""))
+	h.serviceTokenReady()
+	id, _ := h.request()
+	h.wantForwarded(id, testServiceToken)
+	for i := 0; i < 50; i++ { // anonymous requests to a path that answers 401
 		h.host.CallOnResponseHeaders(id, [][2]string{{":status", "401"}}, false)
+		id, _ = h.request()
+		h.wantForwarded(id, testServiceToken)
+	}
+	h.host.Tick()
+	h.noCallout()
 
-		next, action := h.request()
-		if action != types.ActionPause {
-			t.Fatalf("service-account token still used after an upstream 401")
-		}
-		h.answer(h.oneCallout("client_credentials"), "200", tokenBody("SERVICE2.e30.sig", 300))
+	clock.advance(coord.Drop401MinAgeMs)
+	h.host.CallOnResponseHeaders(id, [][2]string{{":status", "401"}}, false)
+	next, action := h.request()
+	if action != types.ActionPause {
+		t.Fatalf("service-account token still used after an upstream 401")
+	}
+	h.answer(h.oneCallout("client_credentials"), "200", tokenBody("SERVICE2.e30.sig", 300))
+	h.wantForwarded(next, "SERVICE2.e30.sig")
+	// The new token is fresh: the 401 storm goes on, and costs nothing more.
+	for i := 0; i < 50; i++ {
+		h.host.CallOnResponseHeaders(next, [][2]string{{":status", "401"}}, false)
+		next, _ = h.request()
 		h.wantForwarded(next, "SERVICE2.e30.sig")
-	})
+	}
+	h.noCallout()
 }
 
 // Scenario 9: the filter's own 401 local reply is not mistaken for an upstream 401.
