@@ -178,3 +178,40 @@ func TestE2E_GarbageTokensCannotStormTheIdP(t *testing.T) {
 		t.Errorf("alice was exchanged %d times, want 1 (her cached token survived)", n)
 	}
 }
+
+// A wall-clock step of minutes changes nothing the workers coordinate on: with the wall clock 5
+// minutes back, a cached token still expires on time (its life runs on the monotonic clock), and
+// 5 minutes ahead nothing is blocked or expired early (only a JWT's own exp reads the wall clock,
+// and these tokens live longer than the step).
+func TestE2E_WallClockStepsChangeNothing(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2, plugin: exchangeOn + `,"expirySkewSeconds":0`})
+	e.serviceTokenReady()
+	e.idp.SetAccessTokenLifetime(2 * time.Second) // exchanged tokens: 2 s
+	alice, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.remember(alice)
+	e.wantUserToken(e.get("/api", alice), "alice")
+	e.proxy.StepWallClock(-5 * time.Minute)
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for range poll.C {
+		e.wantUserToken(e.get("/api", alice), "alice")
+		if e.idp.TokenExchangeCount() == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("with the wall clock 5 minutes back, a 2-second token was still used after 10 s")
+		}
+	}
+	e.proxy.StepWallClock(10 * time.Minute) // now 5 minutes ahead
+	before := e.idp.TokenExchangeCount()
+	for i := 0; i < 5; i++ {
+		e.wantUserToken(e.get("/api", alice), "alice")
+	}
+	if n := e.idp.TokenExchangeCount() - before; n > 1 {
+		t.Errorf("%d exchanges for 5 requests within a token's 2 s after the wall clock jumped ahead", n)
+	}
+}

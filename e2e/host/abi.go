@@ -3,7 +3,6 @@ package host
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -78,7 +77,7 @@ func envFuncs() []hostFunc {
 		envFunc("proxy_grpc_send", 4, unimplemented),
 		envFunc("proxy_set_tick_period_milliseconds", 1, func(v *vm, s []uint64) uint32 { v.setTick(w(s, 0)); return statusOK }),
 		envFunc("proxy_get_current_time_nanoseconds", 1, func(v *vm, s []uint64) uint32 {
-			return okOr(v.putU64(w(s, 0), uint64(time.Now().UnixNano())))
+			return okOr(v.putU64(w(s, 0), uint64(v.h.wallNow().UnixNano())))
 		}),
 		envFunc("proxy_define_metric", 4, hDefineMetric),
 		{module: "env", name: "proxy_increment_metric", params: []api.ValueType{i32, i64}, results: ret1,

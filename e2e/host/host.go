@@ -175,6 +175,8 @@ type Host struct {
 	callouts map[string]int
 	// unhealthy clusters have no healthy host: dispatches to them fail inline.
 	unhealthy map[string]bool
+	// wallStep is how far the wall clock is off (StepWallClock), in nanoseconds.
+	wallStep atomic.Int64
 	retired   []*vm
 	closed    bool
 	closing   chan struct{}
@@ -607,6 +609,15 @@ func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
 // QueueItems is the number of items and bytes waiting in shared queues (every vm_id), dead
 // VMs' queues included: Envoy keeps those until the last VM of their vm_id dies.
 func (h *Host) QueueItems() (items, bytes int) { return h.queues.size() }
+
+// StepWallClock moves the wall clock the module sees (proxy_get_current_time_nanoseconds and
+// WASI's realtime clock) by d, as NTP does to a running Envoy; the monotonic clock does not move.
+func (h *Host) StepWallClock(d time.Duration) {
+	h.wallStep.Add(int64(d))
+	h.notify()
+}
+
+func (h *Host) wallNow() time.Time { return time.Now().Add(time.Duration(h.wallStep.Load())) }
 
 // SetSharedData writes key in vm_id's shared data unconditionally, as another plugin with
 // that vm_id (in Istio every WasmPlugin has vm_id "") can.

@@ -104,7 +104,7 @@ func wasiFuncs() []hostFunc {
 			var now uint64
 			switch w(s, 0) {
 			case 0:
-				now = uint64(time.Now().UnixNano())
+				now = uint64(v.h.wallNow().UnixNano())
 			case 1:
 				now = uint64(time.Since(monoBase)) + 1
 			default:

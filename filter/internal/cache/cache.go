@@ -107,6 +107,7 @@ type Cache struct {
 	slKey      string // namespace + ":sl": the service-account fetch lease
 	wKey       string // namespace + ":w": the waker list
 	bKey       string // namespace + ":b": the new-key bucket
+	caps       MarkerCaps
 }
 
 // New returns a cache over store whose shared-data keys all start with namespace (e.g.
@@ -218,8 +219,9 @@ type op struct {
 	kind        opKind
 	id          [16]byte
 	token       string
-	matchToken  bool  // opDelete: only if the entry holds token
-	minAgeMs    int64 // opDelete with matchToken, opDropService: only if stored that long before nowMs
+	matchToken  bool      // opDelete: only if the entry holds token
+	minAgeMs    int64     // opDelete with matchToken, opDropService: only if stored that long before nowMs
+	caps        markerCap // opLease, opFailure: how far ahead a marker read back may expire
 	expiresAtMs int64
 	refreshAtMs int64
 	nowMs       int64

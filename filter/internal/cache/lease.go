@@ -80,13 +80,44 @@ func (c *Cache) lookAt(key string, id [16]byte, nowMs int64) Lookup {
 	}
 	for i := range es[:n] {
 		if es[i].id == id {
-			return lookupOf(&es[i], nowMs)
+			return lookupOf(&es[i], nowMs, c.capFor(id))
 		}
 	}
 	return Lookup{}
 }
 
-func lookupOf(e *entry, nowMs int64) Lookup {
+// MarkerCaps bound how far ahead of now a marker read from shared data may expire, by this
+// configuration's own maxima: a marker claiming more was not written by it (another plugin in
+// the vm_id, an older version), and is ignored, so that one foreign marker cannot block a key or
+// the service-account token for longer than this configuration ever would. Zero fields keep
+// MaxMarkerMs.
+type MarkerCaps struct {
+	LeaseMs          int64 // a lease: the longest callout plus its grace
+	FailureMs        int64 // an exchange back-off: the longest window
+	ServiceFailureMs int64 // a service-account fetch back-off
+}
+
+// SetMarkerCaps sets the caps (see MarkerCaps).
+func (c *Cache) SetMarkerCaps(m MarkerCaps) { c.caps = m }
+
+// markerCap is the cap for one key: a lease and a failure may be held in the same entry.
+type markerCap struct{ leaseMs, failureMs int64 }
+
+func (c *Cache) capFor(id [16]byte) markerCap {
+	orMax := func(ms int64) int64 {
+		if ms <= 0 || ms > MaxMarkerMs {
+			return MaxMarkerMs
+		}
+		return ms
+	}
+	failure := c.caps.FailureMs
+	if id == serviceLeaseID {
+		failure = c.caps.ServiceFailureMs
+	}
+	return markerCap{leaseMs: orMax(c.caps.LeaseMs), failureMs: orMax(failure)}
+}
+
+func lookupOf(e *entry, nowMs int64, caps markerCap) Lookup {
 	live := nowMs < e.expiresAtMs
 	if e.token[0] != markerPrefix {
 		if live {
@@ -98,19 +129,19 @@ func lookupOf(e *entry, nowMs int64) Lookup {
 	head, count, _ := strings.Cut(m, ":")
 	failures, _ := strconv.Atoi(count)
 	failures = min(max(failures, 0), maxFailures)
-	if e.expiresAtMs-nowMs > MaxMarkerMs {
-		live = false // not ours: never honour a marker that would block the key for good
-	}
+	// Not ours if it claims more than this configuration ever writes: never honour a marker
+	// that would block the key longer (written so that no value can overflow).
+	ahead := func(capMs int64) bool { return e.expiresAtMs > nowMs && e.expiresAtMs-nowMs > capMs }
 	l := Lookup{UntilMs: e.expiresAtMs, Failures: failures}
 	switch {
 	case strings.HasPrefix(head, leasePrefix):
 		l.Owner = head[len(leasePrefix):]
-		if live {
+		if live && !ahead(caps.leaseMs) {
 			l.State = Leased
 		}
 	case strings.HasPrefix(head, failurePrefix):
 		l.Status, _ = strconv.Atoi(head[len(failurePrefix):])
-		if live {
+		if live && !ahead(caps.failureMs) {
 			l.State = Failed
 		}
 	}
@@ -132,7 +163,7 @@ func (c *Cache) TryServiceLease(owner string, untilMs, nowMs int64) (won bool, c
 }
 
 func (c *Cache) tryLeaseAt(key string, id [16]byte, owner string, untilMs, nowMs int64) (bool, Lookup, error) {
-	o := op{kind: opLease, id: id, owner: owner, expiresAtMs: untilMs, nowMs: nowMs}
+	o := op{kind: opLease, id: id, owner: owner, expiresAtMs: untilMs, nowMs: nowMs, caps: c.capFor(id)}
 	err := c.apply(key, &o)
 	return o.won, o.found, err
 }
@@ -152,7 +183,7 @@ func (c *Cache) PutServiceFailure(untilMs, nowMs int64) error {
 }
 
 func (c *Cache) putFailureAt(key string, id [16]byte, status int, untilMs, nowMs int64) (int, error) {
-	o := op{kind: opFailure, id: id, status: status, expiresAtMs: untilMs, nowMs: nowMs}
+	o := op{kind: opFailure, id: id, status: status, expiresAtMs: untilMs, nowMs: nowMs, caps: c.capFor(id)}
 	err := c.apply(key, &o)
 	return o.failures, err
 }
@@ -187,7 +218,7 @@ func (o *op) modifyLease(cur []byte) ([]byte, bool) {
 			if es[i].id != o.id {
 				continue
 			}
-			l := lookupOf(&es[i], o.nowMs)
+			l := lookupOf(&es[i], o.nowMs, o.caps)
 			o.found = l
 			switch {
 			case l.State == Leased && l.Owner == o.owner:
@@ -218,7 +249,7 @@ func (o *op) modifyFailure(cur []byte) ([]byte, bool) {
 			if es[i].id != o.id {
 				continue
 			}
-			l := lookupOf(&es[i], o.nowMs)
+			l := lookupOf(&es[i], o.nowMs, o.caps)
 			if l.State == Hit {
 				o.failures = 0
 				return nil, false
@@ -240,7 +271,7 @@ func (o *op) leaseDone(v []byte) bool {
 	}
 	for i := range es[:n] {
 		if es[i].id == o.id {
-			l := lookupOf(&es[i], o.nowMs)
+			l := lookupOf(&es[i], o.nowMs, o.caps)
 			if l.State == Leased && l.Owner == o.owner {
 				return true
 			}

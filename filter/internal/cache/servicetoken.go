@@ -5,7 +5,7 @@ import "math"
 // ServiceToken is the service-account (client-credentials) token, shared by all workers so that
 // one fetch serves them all.
 type ServiceToken struct {
-	Token       string
+	Token        string
 	ExpiresAtMs  int64 // not usable from then on (skew already subtracted by the caller)
 	RefreshAtMs  int64 // a worker should start fetching a new one from then on
 	ObtainedAtMs int64 // when it was fetched: an upstream 401 drops only a token in use a while

@@ -22,8 +22,12 @@ import "github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 // Host is what a Worker needs from the proxy. Every method must be safe to call at any time
 // from the Worker's callbacks; errors are reported, never panicked.
 type Host interface {
-	// NowMs is the wall clock in Unix milliseconds (it may step backwards).
+	// NowMs is a monotonic clock in milliseconds shared by every worker of the process (Envoy's
+	// steady clock): leases, deadlines, back-offs and cache expiry, which workers compare
+	// through shared data, use it, so a wall-clock step changes nothing.
 	NowMs() int64
+	// WallMs is the wall clock in Unix milliseconds (it may step): only for a JWT's exp.
+	WallMs() int64
 	// Random returns a random 64-bit number (owner ids, jitter).
 	Random() uint64
 

@@ -104,7 +104,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.warns.warn(w, "opaque-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is not a JWT (set tokenExchange.allowOpaqueTokens to exchange opaque tokens); "+w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
-	case claims.HasExp && claims.Exp*1000 <= now:
+	case claims.HasExp && claims.Exp*1000 <= w.host.WallMs():
 		// Keycloak would refuse it ("Invalid token"), and a token cached for it must not
 		// outlive it: checked before the cache, so neither the IdP nor the cache serves it.
 		w.logDebug("the user token in " + ex.UserTokenHeader + " is past its exp: " + w.failureOutcomeShort())

@@ -79,6 +79,16 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 		warns:    newWarnLimiter(),
 		held:     map[uint32]*Request{},
 	}
+	// Markers read from shared data count only as far ahead as this configuration writes them.
+	failureCap := int64(1) // back-off off: any failure marker is someone else's
+	if cfg.FailureBackoffMs > 0 {
+		failureCap = min(int64(cfg.FailureBackoffMs)<<4*8, int64(config.MaxFailureBackoffMs))
+	}
+	w.Cache.SetMarkerCaps(cache.MarkerCaps{
+		LeaseMs:          int64(cfg.TimeoutMs) + FlightGraceMs + TickMs,
+		FailureMs:        failureCap,
+		ServiceFailureMs: saRetryMaxMs + TickMs,
+	})
 	w.exchange.w = w
 	w.service.w = w
 	w.service.init(cfg)
@@ -293,7 +303,7 @@ func (w *Worker) dispatch(f *flight.Flight) {
 func (w *Worker) onAnswer(f *flight.Flight, a Answer) {
 	defer w.enterRoot()()
 	now := w.host.NowMs()
-	tok, fail := oauth.ParseResponse(a.Status, a.NumHeaders, a.Body, now)
+	tok, fail := oauth.ParseResponse(a.Status, a.NumHeaders, a.Body, w.host.WallMs()) // a JWT's exp is wall time
 	w.finishFlight(f, tok, fail, now)
 }
 

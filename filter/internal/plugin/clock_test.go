@@ -14,9 +14,10 @@ type testClock struct{ ms int64 }
 
 func fakeClock(t *testing.T) *testClock {
 	c := &testClock{ms: 1_800_000_000_000}
-	prev := nowMs
+	prevNow, prevWall := nowMs, wallMs
 	nowMs = func() int64 { return c.ms }
-	t.Cleanup(func() { nowMs = prev })
+	wallMs = func() int64 { return c.ms }
+	t.Cleanup(func() { nowMs, wallMs = prevNow, prevWall })
 	return c
 }
 

@@ -13,9 +13,14 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 )
 
-// nowMs is the wall clock in Unix milliseconds. Inside Envoy it is WASI clock_time_get; Go-mode
-// tests replace it to move time without sleeping.
-var nowMs = func() int64 { return time.Now().UnixMilli() }
+// nowMs is the monotonic clock shared by every worker of the Envoy process, in milliseconds,
+// for everything the workers coordinate on (leases, deadlines, back-offs, cache expiry): a
+// wall-clock step changes none of it. wallMs is the wall clock in Unix milliseconds, only for
+// a JWT's exp. Go-mode tests replace both to move time without sleeping.
+var (
+	nowMs  = monotonicMs
+	wallMs = func() int64 { return time.Now().UnixMilli() }
+)
 
 // wasmHost is coord.Host over proxy-wasm.
 type wasmHost struct {
@@ -33,6 +38,7 @@ func newWasmHost() *wasmHost {
 }
 
 func (*wasmHost) NowMs() int64   { return nowMs() }
+func (*wasmHost) WallMs() int64  { return wallMs() }
 func (*wasmHost) Random() uint64 { return rand.Uint64() }
 
 func (*wasmHost) RegisterQueue(name string) (uint32, error) {
