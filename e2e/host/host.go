@@ -177,11 +177,11 @@ type Host struct {
 	unhealthy map[string]bool
 	// wallStep is how far the wall clock is off (StepWallClock), in nanoseconds.
 	wallStep atomic.Int64
-	retired   []*vm
-	closed    bool
-	closing   chan struct{}
-	wg        sync.WaitGroup
-	once      sync.Once
+	retired  []*vm
+	closed   bool
+	closing  chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 // compilationCache is shared by every Host of the process: a module is compiled once.

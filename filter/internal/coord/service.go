@@ -18,7 +18,7 @@ const (
 	// token) then costs at most one fetch, or one exchange per user, per this window, however
 	// many requests it gets. A token really revoked is replaced within it.
 	Drop401MinAgeMs = 10_000
-	saRetryMaxMs      = 30_000
+	saRetryMaxMs    = 30_000
 	// saUnknownLifetimeMs is how long a service-account token whose answer gave no expiry (no
 	// expires_in, not a JWT) is used before it is fetched again.
 	saUnknownLifetimeMs = 60_000
