@@ -328,3 +328,32 @@ func TestMarkersNeverEvictLiveTokens(t *testing.T) {
 		}
 	})
 }
+
+// A marker that claims more than this configuration ever writes (another plugin in the vm_id)
+// is ignored: a foreign service back-off of 10 minutes does not block the service-account
+// token when this configuration backs off 30 s at most.
+func TestForeignMarkersAreCappedByConfiguration(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		c.SetMarkerCaps(cache.MarkerCaps{LeaseMs: 6_000, FailureMs: 64_000, ServiceFailureMs: 30_000})
+		if err := c.PutServiceFailure(1000+600_000, 1000); err != nil { // as a neighbour would
+			t.Fatal(err)
+		}
+		if l := c.LookServiceLease(1001); l.State != cache.Miss {
+			t.Errorf("a 10-minute service back-off was honoured: %+v", l)
+		}
+		if err := c.PutServiceFailure(1000+20_000, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if l := c.LookServiceLease(1001); l.State != cache.Failed {
+			t.Errorf("a back-off within this configuration's own was ignored: %+v", l)
+		}
+		k := cache.KeyFor("user", "api", "")
+		if won, _, err := c.TryLease(k, "dddddddddddddddd", 1000+60_000, 1000); !won || err != nil {
+			t.Fatal(won, err)
+		}
+		if won, _, _ := c.TryLease(k, "aaaaaaaaaaaaaaaa", 7000, 1001); !won {
+			t.Error("a lease claiming a minute, ten times this configuration's longest, blocked the key")
+		}
+	})
+}
