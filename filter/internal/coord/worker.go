@@ -46,6 +46,8 @@ type Worker struct {
 
 	// held maps a held request's stream id to it, so a root callback can settle it.
 	held map[uint32]*Request
+	// redactor cuts the client secret out of IdP text before it is logged.
+	redactor *oauth.Redactor
 	// owner identifies this VM in leases and in the waker list.
 	owner string
 
@@ -89,6 +91,7 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 		FailureMs:        failureCap,
 		ServiceFailureMs: saRetryMaxMs + TickMs,
 	})
+	w.redactor = oauth.NewRedactor(w.client)
 	w.exchange.w = w
 	w.service.w = w
 	w.service.init(cfg)
@@ -303,7 +306,8 @@ func (w *Worker) dispatch(f *flight.Flight) {
 func (w *Worker) onAnswer(f *flight.Flight, a Answer) {
 	defer w.enterRoot()()
 	now := w.host.NowMs()
-	tok, fail := oauth.ParseResponse(a.Status, a.NumHeaders, a.Body, w.host.WallMs()) // a JWT's exp is wall time
+	// A JWT's exp is wall time; the secret and the user token are cut out of whatever comes back.
+	tok, fail := oauth.ParseResponseRedacting(a.Status, a.NumHeaders, a.Body, w.host.WallMs(), w.redactor, f.Subject)
 	w.finishFlight(f, tok, fail, now)
 }
 

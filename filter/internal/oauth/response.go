@@ -42,6 +42,12 @@ const (
 //
 // body is not retained: the returned strings are copies.
 func ParseResponse(status int, numHeaders int, body []byte, nowMs int64) (Token, *Failure) {
+	return ParseResponseRedacting(status, numHeaders, body, nowMs, nil, "")
+}
+
+// ParseResponseRedacting is ParseResponse with the client's secret (r) and extra (the user
+// token of an exchange) removed from every text of a failure before it is sanitised and cut.
+func ParseResponseRedacting(status int, numHeaders int, body []byte, nowMs int64, r *Redactor, extra string) (Token, *Failure) {
 	if numHeaders <= 0 {
 		return Token{}, &Failure{Class: Transient, Description: descReset}
 	}
@@ -55,13 +61,13 @@ func ParseResponse(status int, numHeaders int, body []byte, nowMs int64) (Token,
 	}
 	switch {
 	case transient:
-		f, _ := errorFailure(status, body)
+		f, _ := errorFailure(status, body, r, extra)
 		f.Class = Transient
 		return Token{}, f
 	case status >= 200 && status <= 299:
 		return parseSuccess(status, body, nowMs)
 	case status >= 400 && status <= 499:
-		f, rawDesc := errorFailure(status, body)
+		f, rawDesc := errorFailure(status, body, r, extra)
 		f.Class = classify4xx(status, f.Code, rawDesc)
 		return Token{}, f
 	default:
@@ -92,19 +98,23 @@ func classify4xx(status int, code, rawDesc string) Class {
 // "error_description" (each only if a string); any other non-blank body (Envoy's "upstream
 // request timeout", an HTML page of a proxy) gives a sanitised excerpt as Description, which is
 // what an operator needs to see. rawDesc is the unsanitised error_description, for matching only.
-func errorFailure(status int, body []byte) (f *Failure, rawDesc string) {
+func errorFailure(status int, body []byte, r *Redactor, extra string) (f *Failure, rawDesc string) {
 	f = &Failure{Status: status}
 	if isJSONObject(body) {
 		if e := gjson.GetBytes(body, "error"); e.Type == gjson.String {
-			f.Code = sanitizeCode(e.Str)
+			if code := r.apply(e.Str, extra); code != e.Str {
+				f.Code = "redacted"
+			} else {
+				f.Code = sanitizeCode(e.Str)
+			}
 		}
 		if d := gjson.GetBytes(body, "error_description"); d.Type == gjson.String {
 			rawDesc = d.Str
-			f.Description = sanitizeText(d.Str)
+			f.Description = sanitizeText(r.apply(d.Str, extra))
 		}
 		return f, rawDesc
 	}
-	f.Description = sanitizeText(string(body))
+	f.Description = sanitizeText(r.apply(string(body), extra))
 	return f, ""
 }
 
