@@ -215,3 +215,15 @@ func TestE2E_WallClockStepsChangeNothing(t *testing.T) {
 		t.Errorf("%d exchanges for 5 requests within a token's 2 s after the wall clock jumped ahead", n)
 	}
 }
+
+// A spelling of a path that routes like a rule's own does not slip past the rule (where the
+// previous module passed it through untouched, the user's token in its header included).
+func TestE2E_RulesCannotBeSlippedPast(t *testing.T) {
+	e := newEnv(t, envOptions{plugin: `"rules":[{"pathPrefix":"/agents","enabled":true,"audience":"kagenti-api"}]`})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	for _, path := range []string{"/agents/run", "//agents/run", "/x/../agents/run", "/%61gents/run", "/./agents"} {
+		r := e.get(path, alice)
+		e.wantUserToken(r, "alice") // also: the user token header did not go upstream
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -152,14 +153,22 @@ func outboundRequest(ctx context.Context, addr string, hdrs pairs, body io.Reade
 	method, _ := hdrs.get(":method")
 	path, _ := hdrs.get(":path")
 	authority, _ := hdrs.get(":authority")
-	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "//") {
+	if !strings.HasPrefix(path, "/") {
 		return nil, fmt.Errorf("invalid :path %q", path)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+"/", body)
 	if err != nil {
 		return nil, err
 	}
-	req.URL.Opaque = path
+	// The path goes on the wire exactly as given ("//x", "/a/../b", "%61" included), as Envoy
+	// forwards it: Path and RawPath rather than Opaque, which Go writes as an absolute URI when
+	// it starts with "//".
+	raw, query, _ := strings.Cut(path, "?")
+	unescaped, err := url.PathUnescape(raw)
+	if err != nil {
+		return nil, fmt.Errorf("invalid :path %q", path)
+	}
+	req.URL.Path, req.URL.RawPath, req.URL.RawQuery = unescaped, raw, query
 	req.Host = authority
 	req.ContentLength = length
 	if length == 0 {

@@ -142,6 +142,12 @@ func checkBootstrap(data []byte) (*envoySetup, error) {
 		return nil, p.err()
 	}
 
+	// The router and the filter see one normalised form of the path (README, Threat model).
+	if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() ||
+		hcm.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT {
+		p.addf("the HTTP connection manager must set normalize_path, merge_slashes and path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")
+	}
+
 	clusters := map[string]*clusterv3.Cluster{}
 	for _, c := range bs.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = c
@@ -301,6 +307,9 @@ func TestEnvoyBootstrapCatchesBreakage(t *testing.T) {
 		{"rule broken at the top", "port_value: 9901", "port_value: 99010", []string{"PortValue"}},
 		{"rule broken inside an Any", "stat_prefix: token_exchange_proxy", `stat_prefix: ""`, []string{"HttpConnectionManager", "StatPrefix"}},
 		{"admin port", "port_value: 9901", "port_value: 9902", []string{"admin listens on 127.0.0.1:9902"}},
+		{"no path normalisation", "normalize_path: true", "normalize_path: false", []string{"normalize_path"}},
+		{"slashes not merged", "merge_slashes: true", "merge_slashes: false", []string{"merge_slashes"}},
+		{"escaped slashes kept", "UNESCAPE_AND_REDIRECT", "KEEP_UNCHANGED", []string{"path_with_escaped_slashes_action"}},
 		{"listener port", "port_value: 10000", "port_value: 10001", []string{"listener on 127.0.0.1:10001"}},
 		{"upstream port", "port_value: 18080", "port_value: 18081", []string{"cluster upstream"}},
 		{"route to a missing cluster", "cluster: upstream", "cluster: upstream2", []string{`cluster "upstream2", which does not exist`}},

@@ -401,3 +401,46 @@ func TestIstioResourcesCatchBreakage(t *testing.T) {
 		})
 	}
 }
+
+const meshPathNormalization = "istio/mesh-path-normalization.yaml"
+
+// checkMeshPathNormalization decodes the meshConfig fragment strictly against Istio's MeshConfig
+// and requires a normalisation that merges slashes (and so normalises the path).
+func checkMeshPathNormalization(data []byte) error {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		MeshConfig json.RawMessage `json:"meshConfig"`
+	}
+	if err := json.Unmarshal(js, &doc); err != nil || doc.MeshConfig == nil {
+		return fmt.Errorf("no meshConfig: %v", err)
+	}
+	var m mesh.MeshConfig
+	if err := protojson.Unmarshal(doc.MeshConfig, &m); err != nil {
+		return fmt.Errorf("meshConfig: %w", err)
+	}
+	switch n := m.GetPathNormalization().GetNormalization(); n {
+	case mesh.MeshConfig_ProxyPathNormalization_MERGE_SLASHES, mesh.MeshConfig_ProxyPathNormalization_DECODE_AND_MERGE_SLASHES:
+		return nil
+	default:
+		return fmt.Errorf("pathNormalization %v: want MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", n)
+	}
+}
+
+func TestMeshPathNormalization(t *testing.T) {
+	orig := readConfig(t, meshPathNormalization)
+	if err := checkMeshPathNormalization(orig); err != nil {
+		t.Fatalf("%s: %v", meshPathNormalization, err)
+	}
+	for _, tc := range [][2]string{
+		{"normalization: DECODE_AND_MERGE_SLASHES", "normalization: BASE"},
+		{"normalization:", "normalisation:"},
+		{"normalization: DECODE_AND_MERGE_SLASHES", "normalization: DECODE_AND_MERGE"},
+	} {
+		if err := checkMeshPathNormalization(mutate(t, orig, tc[0], tc[1])); err == nil {
+			t.Errorf("%s → %s was accepted", tc[0], tc[1])
+		}
+	}
+}

@@ -157,27 +157,19 @@ func (c *Config) Match(authority, path string) (rule *Rule, ok bool) {
 	if len(c.Rules) == 0 {
 		return nil, true
 	}
-	host := hostOf(authority)
+	host, parsed := normalizeHost(authority)
+	norm := normalizePath(path)
 	for i := range c.Rules {
 		r := &c.Rules[i]
-		if r.PathPrefix != "" && !strings.HasPrefix(path, r.PathPrefix) {
+		if r.PathPrefix != "" && !strings.HasPrefix(path, r.PathPrefix) && !strings.HasPrefix(norm, r.PathPrefix) {
 			continue
 		}
-		if len(r.Hosts) > 0 && !hostMatches(r.Hosts, host) {
+		if len(r.Hosts) > 0 && parsed && !hostMatches(r.Hosts, host) {
 			continue
 		}
 		return r, true
 	}
 	return nil, false
-}
-
-// hostOf lower-cases an authority and drops its port (IPv6 literals keep their brackets).
-func hostOf(authority string) string {
-	h := authority
-	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
-		h = h[:i]
-	}
-	return strings.ToLower(strings.TrimSuffix(h, "."))
 }
 
 func hostMatches(hosts []string, host string) bool {
@@ -191,4 +183,105 @@ func hostMatches(hosts []string, host string) bool {
 		}
 	}
 	return false
+}
+
+// The forms of one request that the router may see as the same route. Envoy normalises :path
+// before routing only when the listener says so (normalize_path, merge_slashes,
+// path_with_escaped_slashes_action; the shipped configurations do), and an authority may carry
+// user-info, several ports or trailing dots. A rule must not be slipped past by such a form, so a
+// request matches a rule if its raw path or its normalised path does, and an authority that does
+// not parse as a host name matches every host list.
+
+// normalizePath is RFC 3986 normalisation the way Envoy's path normalisation and merge_slashes
+// do it: the query and fragment dropped, percent-encoded unreserved characters and encoded
+// slashes and backslashes decoded, backslashes turned into slashes, repeated slashes merged,
+// "." and ".." segments removed. ";" parameters are kept: a prefix match sees them anyway.
+func normalizePath(p string) string {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i]
+	}
+	var b strings.Builder
+	b.Grow(len(p) + 1)
+	if !strings.HasPrefix(p, "/") {
+		b.WriteByte('/')
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' && i+2 < len(p) {
+			if d, ok := unhex(p[i+1], p[i+2]); ok && (unreserved(d) || d == '/' || d == '\\') {
+				c = d
+				i += 2
+			}
+		}
+		if c == '\\' {
+			c = '/'
+		}
+		b.WriteByte(c)
+	}
+	segs := strings.Split(b.String(), "/")
+	out := make([]string, 0, len(segs))
+	for _, s := range segs[1:] {
+		switch s {
+		case "", ".":
+			continue
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			continue
+		}
+		out = append(out, s)
+	}
+	n := "/" + strings.Join(out, "/")
+	if last := segs[len(segs)-1]; len(out) > 0 && (last == "" || last == "." || last == "..") {
+		n += "/"
+	}
+	return n
+}
+
+func unhex(a, b byte) (byte, bool) {
+	h := func(c byte) (byte, bool) {
+		switch {
+		case '0' <= c && c <= '9':
+			return c - '0', true
+		case 'a' <= c && c <= 'f':
+			return c - 'a' + 10, true
+		case 'A' <= c && c <= 'F':
+			return c - 'A' + 10, true
+		}
+		return 0, false
+	}
+	x, ok1 := h(a)
+	y, ok2 := h(b)
+	return x<<4 | y, ok1 && ok2
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// normalizeHost is the host of an authority: user-info dropped, every trailing ":port" dropped
+// (IPv6 literals keep their brackets), trailing dots dropped, lower-cased. ok is false when what
+// is left is not a host name or an IP literal.
+func normalizeHost(authority string) (host string, ok bool) {
+	h := authority
+	if i := strings.LastIndexByte(h, '@'); i >= 0 {
+		h = h[i+1:]
+	}
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return "", false
+		}
+		return strings.ToLower(h[:end+1]), true
+	}
+	for {
+		i := strings.LastIndexByte(h, ':')
+		if i < 0 {
+			break
+		}
+		h = h[:i]
+	}
+	h = strings.ToLower(strings.TrimRight(h, "."))
+	return h, h != "" && h[0] != '.' && validHostName(h) && !strings.Contains(h, "..")
 }

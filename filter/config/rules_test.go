@@ -84,3 +84,31 @@ func TestMatch(t *testing.T) {
 		t.Fatalf("without rules every request uses tokenExchange")
 	}
 }
+
+// Forms of a request that the router may route like the rule's own cannot slip past the rule:
+// paths are matched raw and normalised, authorities are normalised, and one that does not parse
+// matches every host list.
+func TestMatchResistsBypassForms(t *testing.T) {
+	c := &Config{Rules: []Rule{{PathPrefix: "/agents", Hosts: []string{"api.kagenti.example.com"}, Enabled: true, Audience: "agents"}}}
+	const host = "api.kagenti.example.com"
+	for _, path := range []string{"/agents/run", "//agents/run", "/./agents", "/x/../agents/run", "/%61gents", "/agents%2Frun",
+		`\agents`, "/%5Cagents", "/agents;jsessionid=1", "/a/b/../../agents", "/agents?x=1", "///agents//run"} {
+		if _, ok := c.Match(host, path); !ok {
+			t.Errorf("path %q escaped the rule", path)
+		}
+	}
+	for _, authority := range []string{"API.Kagenti.Example.Com", host + ":443", host + ":443:443", "user@" + host, "user:pw@" + host + ":8080",
+		host + ".", host + "..", "api..kagenti.example.com", "bad host!", "[::1"} {
+		if _, ok := c.Match(authority, "/agents"); !ok {
+			t.Errorf("authority %q escaped the rule", authority)
+		}
+	}
+	for _, tc := range [][2]string{{host, "/other"}, {"other.example.com", "/agents"}, {"[::1]:8080", "/agents"}, {host, "/%2e%2e/other"}} {
+		if _, ok := c.Match(tc[0], tc[1]); ok {
+			t.Errorf("%s %s matched a rule it is not for", tc[0], tc[1])
+		}
+	}
+	if got := normalizePath("/a/./b/../../c//d/%7Euser/%2e/x?q#f"); got != "/c/d/~user/x" {
+		t.Errorf("normalizePath = %q", got)
+	}
+}
