@@ -25,6 +25,8 @@ type env struct {
 	upstream *upstream.Upstream
 	proxy    *host.Host
 	client   *http.Client
+	// fill completes a plugin fragment as newEnv did (for Reconfigure).
+	fill func(fragment string) []byte
 
 	mu      sync.Mutex
 	secrets map[string]bool // every token and secret seen: none may appear in a log line
@@ -120,7 +122,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatalf("starting the proxy: %v", err)
 	}
-	e := &env{t: t, idp: p, upstream: u, proxy: px, secrets: map[string]bool{secret.Secret: true},
+	e := &env{t: t, idp: p, upstream: u, proxy: px, fill: fill, secrets: map[string]bool{secret.Secret: true},
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	t.Cleanup(func() {
 		e.assertNoSecretInLogs()

@@ -14,8 +14,10 @@ func queueUser(i int) string { return "queue-user-" + strconv.Itoa(i) }
 // Envoy keeps a shared queue after the VM that registered it dies (proxy-wasm-cpp-host
 // src/shared_queue.cc: only deleteByVmId erases queues, and enqueue appends to any queue it
 // finds). The canary VM runs start-up and dies at once, so a VM that joined the waker list at
-// start-up would collect one item per finished exchange in Envoy's heap, forever. What waits in
-// queues must stay flat however many exchanges finish. QUEUE_EXCHANGES=10000 runs the long form.
+// start-up would collect one item per finished exchange in Envoy's heap, forever; so would the
+// root contexts of a configuration that was updated. What waits in queues must stay flat however
+// many exchanges finish, across a configuration update half-way. QUEUE_EXCHANGES=10000 runs the
+// long form.
 func TestE2E_QueueItemsStayFlat(t *testing.T) {
 	n := 400
 	if v := os.Getenv("QUEUE_EXCHANGES"); v != "" {
@@ -36,8 +38,19 @@ func TestE2E_QueueItemsStayFlat(t *testing.T) {
 	exchanges := func() uint64 { v, _ := e.proxy.Metric("token_exchange.exchange.success"); return v }
 	before := exchanges()
 	for i := 0; i < n; i++ {
+		if i == n/2 {
+			// An operator edits the plugin configuration: every VM gets a new root context.
+			if err := e.proxy.Reconfigure(0, e.fill(exchangeOn+`,"timeoutMs":4000`)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		name := queueUser(i)
 		e.wantUserToken(e.get("/", e.userToken(name)), name)
+		// The replaced root contexts left the waker list in their on_done: nothing is sent to
+		// their queues (before, they were woken until their records went stale, 5 s).
+		if i > n/2 && e.proxy.DeadQueueItems() > 0 {
+			t.Fatalf("exchange %d: %d items wait in the queues of gone root contexts", i, e.proxy.DeadQueueItems())
+		}
 	}
 	if got := exchanges() - before; got != uint64(n) {
 		t.Fatalf("%d exchanges for %d new users", got, n)

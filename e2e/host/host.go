@@ -610,6 +610,37 @@ func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
 // VMs' queues included: Envoy keeps those until the last VM of their vm_id dies.
 func (h *Host) QueueItems() (items, bytes int) { return h.queues.size() }
 
+// Reconfigure updates the configuration of plugin i (0: Config's own, then Config.Plugins) as
+// Envoy does when only the plugin configuration changes: a canary VM is started and configured
+// with it and dropped, then every VM gets a new root context for it (a fresh id,
+// on_configure) and the old root context gets on_done and on_delete. New requests go to the new
+// root; a VM whose new configuration fails keeps serving none (it fails).
+func (h *Host) Reconfigure(i int, pluginConfig []byte) error {
+	if i < 0 || i >= len(h.plugins) {
+		return fmt.Errorf("host: no plugin %d", i)
+	}
+	p := *h.plugins[i]
+	p.Config = append([]byte(nil), pluginConfig...)
+	h.mu.Lock()
+	h.plugins[i] = &p
+	h.mu.Unlock()
+	canary, err := h.newVM(WorkerCanary, true)
+	if err != nil {
+		return err
+	}
+	canary.close()
+	vms := []*vm{h.main}
+	for _, s := range h.workers {
+		vms = append(vms, s.cur.Load())
+	}
+	for _, v := range vms {
+		if err := v.do(func() error { return v.reconfigure(i, &p) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // StepWallClock moves the wall clock the module sees (proxy_get_current_time_nanoseconds and
 // WASI's realtime clock) by d, as NTP does to a running Envoy; the monotonic clock does not move.
 func (h *Host) StepWallClock(d time.Duration) {
@@ -626,10 +657,13 @@ func (h *Host) SetSharedData(vmID, key string, value []byte) {
 	h.notify()
 }
 
-// DeadQueues is the number of shared queues whose registrant VM is gone (stopped, like the
-// canary, or failed). Envoy keeps them, and whatever is enqueued to them, while any VM of
+// DeadQueues is the number of shared queues whose registrant is gone (its VM stopped, like the
+// canary, or failed, or its root context was replaced by Reconfigure). Envoy keeps them, and whatever is enqueued to them, while any VM of
 // their vm_id lives.
-func (h *Host) DeadQueues() int { return h.queues.dead() }
+func (h *Host) DeadQueues() int { n, _ := h.queues.dead(); return n }
+
+// DeadQueueItems is the number of items waiting in dead queues (see DeadQueues).
+func (h *Host) DeadQueueItems() int { _, n := h.queues.dead(); return n }
 
 // SharedDataKeys is the number of keys in shared data (every vm_id).
 func (h *Host) SharedDataKeys() int { _, k := h.shared.size(); return k }

@@ -195,3 +195,32 @@ func TestCanaryQueueOutlivesIt(t *testing.T) {
 		t.Fatalf("%d dead queues after start-up, want 1 (the canary's own)", n)
 	}
 }
+
+// A plugin configuration update keeps the VMs: a canary checks the new configuration, then every
+// VM gets a new root context for it (a fresh id) and the old root context gets on_done and
+// on_delete; a queue the old root registered is dead from then on.
+func TestReconfigureReplacesRootContexts(t *testing.T) {
+	h := startProbe(t, Config{Workers: 1, TraceCalls: true, PluginConfig: []byte("cfg-1")})
+	before := h.DeadQueues() // the canary's
+	if err := h.Reconfigure(0, []byte("cfg-2")); err != nil {
+		t.Fatal(err)
+	}
+	if n := countLogs(h, func(l Log) bool { return strings.Contains(l.Message, `plugin start: config "cfg-2"`) }); n != 3 {
+		t.Errorf("the new configuration started %d times, want 3 (canary, main thread, worker)", n)
+	}
+	for _, w := range []int{0, WorkerMain} {
+		if n := countLogs(h, func(l Log) bool { return l.Worker == w && l.Host && l.Message == "call proxy_on_delete 1" }); n != 1 {
+			t.Errorf("worker %d: the old root context 1 was deleted %d times, want once", w, n)
+		}
+	}
+	if _, err := h.WaitLog(wait, func(l Log) bool { return l.Worker == 0 && strings.HasPrefix(l.Message, "root ") && !strings.HasPrefix(l.Message, "root 1 ") && strings.Contains(l.Message, "own queue") }); err != nil {
+		t.Error("worker 0's new root context has no new id")
+	}
+	// The old roots' own queues (worker and main thread) and the new canary's are dead.
+	if got := h.DeadQueues() - before; got != 3 {
+		t.Errorf("%d more dead queues after the update, want 3", got)
+	}
+	if r := probe(t, h, "local", nil); r.status != 418 {
+		t.Errorf("the new root context does not serve: %d", r.status)
+	}
+}

@@ -139,18 +139,22 @@ func (q *sharedQueues) size() (items, bytes int) {
 	return items, bytes
 }
 
-// dead counts the queues whose registrant VM stopped or failed: nobody will dequeue from them
-// unless another VM does it on purpose.
-func (q *sharedQueues) dead() int {
+// dead counts the queues whose registrant is gone (its VM stopped or failed, or its root context
+// was replaced by a reconfiguration): nobody will dequeue from them unless another VM does it on
+// purpose.
+func (q *sharedQueues) dead() (queues, items int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n := 0
 	for _, e := range q.queues {
-		if e.owner != nil && (e.owner.closed.Load() || e.owner.failed.Load()) {
-			n++
+		if e.owner == nil {
+			continue
+		}
+		if _, gone := e.owner.removedRoots.Load(e.contextID); gone || e.owner.closed.Load() || e.owner.failed.Load() {
+			queues++
+			items += len(e.items)
 		}
 	}
-	return n
+	return queues, items
 }
 
 func (q *sharedQueues) resolve(vmID, name string) uint32 {

@@ -27,7 +27,9 @@ type vm struct {
 	ctx    context.Context // carries the vm to host functions
 	failed atomic.Bool
 	closed atomic.Bool // stopped: the canary, a replaced VM, or every VM at shutdown
-	pages  atomic.Uint32
+	// removedRoots holds the ids of root contexts a reconfiguration replaced (readable anywhere).
+	removedRoots sync.Map
+	pages        atomic.Uint32
 
 	mu      sync.Mutex // guards queue and stopped
 	queue   []func()
@@ -173,17 +175,20 @@ type rootCtx struct {
 // startPlugin is ContextBase::onStart and onConfigure for each plugin's root context; every
 // plugin sharing the VM gets its own (ids 1, 2, ...).
 func (v *vm) startPlugin() error {
-	for _, p := range v.h.plugins {
+	v.h.mu.Lock()
+	plugins := append([]*Plugin(nil), v.h.plugins...)
+	v.h.mu.Unlock()
+	for _, p := range plugins {
 		r := &rootCtx{id: v.newContextID(), plugin: p}
 		v.roots = append(v.roots, r)
-		if err := v.startRoot(r); err != nil {
+		if err := v.startRoot(r, len(v.roots) == 1); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (v *vm) startRoot(r *rootCtx) error {
+func (v *vm) startRoot(r *rootCtx, vmStart bool) error {
 	cfg := &v.h.cfg
 	v.showPlug = true
 	_, _, ok := v.call("proxy_on_context_create", r.id, uint64(r.id), 0)
@@ -191,7 +196,7 @@ func (v *vm) startRoot(r *rootCtx) error {
 	if !ok {
 		return fmt.Errorf("Failed to start thread-local Wasm: %s", v.lastTrap())
 	}
-	if v.fns["proxy_on_vm_start"] != nil && r == v.roots[0] {
+	if v.fns["proxy_on_vm_start"] != nil && vmStart {
 		res, _, ok := v.call("proxy_on_vm_start", r.id, uint64(r.id), uint64(len(cfg.VMConfig)))
 		if !ok || uint32(res) == 0 {
 			return fmt.Errorf("Failed to start thread-local Wasm: proxy_on_vm_start %s", falseOrTrap(ok, v))
@@ -205,6 +210,29 @@ func (v *vm) startRoot(r *rootCtx) error {
 			return fmt.Errorf("Failed to configure thread-local Wasm plugin %q: proxy_on_configure %s", r.plugin.Name, falseOrTrap(ok, v))
 		}
 	}
+	return nil
+}
+
+// reconfigure replaces plugin i's root context with one for p, as Envoy does on a plugin
+// configuration update that keeps the VM (same code and VM configuration): the new root
+// context gets a fresh id and on_configure; the old one gets on_done and on_delete, and is gone
+// (its tick stops; wake-ups and callout answers for its id find no context).
+func (v *vm) reconfigure(i int, p *Plugin) error {
+	old := v.roots[i]
+	r := &rootCtx{id: v.newContextID(), plugin: p}
+	v.roots[i] = r
+	if err := v.startRoot(r, false); err != nil {
+		return err
+	}
+	if old.tick != nil {
+		old.tick.Stop()
+		old.tick = nil
+	}
+	v.roots = append(v.roots, old) // reachable for its last two callbacks only
+	v.call("proxy_on_done", old.id, uint64(old.id))
+	v.call("proxy_on_delete", old.id, uint64(old.id))
+	v.roots = v.roots[:len(v.roots)-1]
+	v.removedRoots.Store(old.id, true)
 	return nil
 }
 
