@@ -213,7 +213,9 @@ func TestReconfigureReplacesRootContexts(t *testing.T) {
 			t.Errorf("worker %d: the old root context 1 was deleted %d times, want once", w, n)
 		}
 	}
-	if _, err := h.WaitLog(wait, func(l Log) bool { return l.Worker == 0 && strings.HasPrefix(l.Message, "root ") && !strings.HasPrefix(l.Message, "root 1 ") && strings.Contains(l.Message, "own queue") }); err != nil {
+	if _, err := h.WaitLog(wait, func(l Log) bool {
+		return l.Worker == 0 && strings.HasPrefix(l.Message, "root ") && !strings.HasPrefix(l.Message, "root 1 ") && strings.Contains(l.Message, "own queue")
+	}); err != nil {
 		t.Error("worker 0's new root context has no new id")
 	}
 	// The old roots' own queues (worker and main thread) and the new canary's are dead.
