@@ -28,6 +28,8 @@
 // further plugin configurations share every VM, as Istio shares one VM per thread between
 // WasmPlugins of equal image, VM configuration and vm_id: each has its own root context (ids
 // 2, 3, ...), configuration, properties and tick timer, and its own listener (PluginURL).
+// Reconfigure updates one plugin's configuration as Envoy does when the VM stays: a canary, then
+// a new root context per VM (a fresh id, on_configure) and on_done, on_delete for the old one.
 //
 // Threads: every VM is single-threaded. It runs on its own goroutine, and every call into it
 // (requests, callout answers, ticks, queue wake-ups) is posted to that loop. Host calls that
@@ -37,7 +39,8 @@
 // Streams: requests go round-robin to the workers (or stick to their connection with
 // Config.PerConnection). The request header map has the pseudo-headers :method :path
 // :authority :scheme, lower-case names, and x-forwarded-proto / x-request-id added like the
-// connection manager does. Returning anything but Continue from on_request_headers holds the
+// connection manager does; :path is passed on exactly as the client sent it (no normalisation,
+// as a listener without normalize_path does). Returning anything but Continue from on_request_headers holds the
 // whole request, body included, until proxy_continue_stream(Request) with that stream as
 // effective context; request headers are readable and writable only during on_request_headers
 // and while held. Responses (upstream ones, the router's 404/503/504, local replies) pass
@@ -79,7 +82,9 @@
 // registrant's id there, a stream or another plugin's root included (src/shared_queue.cc,
 // getThreadLocalWasm; the Go SDK panics on a stream id); metrics by name (counter, gauge,
 // histogram); ticks per root context, re-armed after each on_tick. Config.TraceCalls logs every
-// call into the module, so tests can check the order of callbacks. proxy_set_effective_context with an
+// call into the module, so tests can check the order of callbacks. Clocks: the wall clock
+// (proxy_get_current_time_nanoseconds, WASI realtime) can be stepped (StepWallClock); WASI's
+// monotonic clock is one for the whole process, as Envoy's steady clock is for every thread. proxy_set_effective_context with an
 // id that is not a live context answers BadArgument (exports.cc; the ABI spec says NotFound).
 // Properties: plugin_name, plugin_root_id, plugin_vm_id everywhere; xds.cluster_name,
 // xds.route_name, request.*, response.code, response.headers.*, source.*, destination.* in
