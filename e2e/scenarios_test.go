@@ -588,3 +588,36 @@ func TestE2E_LoadWithSlowIdP(t *testing.T) {
 		})
 	}
 }
+
+// An upstream 401 on one worker means the next request on every worker carries a fresh token,
+// although each worker keeps recent tokens in its own memory: the drop bumps a generation word
+// in shared data that every memo checks.
+func TestE2E_Upstream401ReachesEveryWorkersMemo(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	first := e.get("/api", alice)
+	e.wantUserToken(first, "alice")
+	e.wantUserToken(e.get("/api", alice), "alice") // the other worker (round-robin)
+	// A token is dropped on a 401 only once it has been in use for a while.
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	for end := time.Now().Add(drop401MinAge + 500*time.Millisecond); time.Now().Before(end); <-poll.C {
+		e.wantUserToken(e.get("/api", alice), "alice")
+	}
+	stale := strings.TrimPrefix(first.header("authorization"), "Bearer ")
+	e.upstream.Reject(stale)
+	if r := e.get("/api", alice); r.status != http.StatusUnauthorized {
+		t.Fatalf("the upstream's 401 was not passed on: %d", r.status)
+	}
+	for i := 0; i < 4; i++ { // both workers, twice
+		r := e.get("/api", alice)
+		e.wantUserToken(r, "alice")
+		if strings.TrimPrefix(r.header("authorization"), "Bearer ") == stale {
+			t.Fatalf("request %d after the 401 carried the dropped token", i)
+		}
+	}
+	if n := e.idp.TokenExchangeCount(); n != 2 {
+		t.Errorf("%d exchanges, want 2 (one after the drop)", n)
+	}
+}

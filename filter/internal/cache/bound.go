@@ -16,7 +16,7 @@ const (
 //
 //	slots*(MaxSlotValueBytes + namespaceLen + 3) + (digits of 0..slots-1)
 //	  + MaxServiceValueBytes + namespaceLen + 3 + MaxServiceLeaseValueBytes + namespaceLen + 3
-//	  + MaxWakers*(OwnerIDBytes+8) + namespaceLen + 2 + 17 + namespaceLen + 2
+//	  + MaxWakers*(OwnerIDBytes+8) + namespaceLen + 2 + 17 + namespaceLen + 2 + 8 + namespaceLen + 2
 //
 // Shared data never deletes a key, so this is also the worst case for the lifetime of the Envoy
 // process, per namespace. The host's own per-key overhead is not counted. slots 0 counts as 1,
@@ -32,6 +32,7 @@ func SharedBytesBound(slots uint32, namespaceLen int) int {
 	total += MaxServiceLeaseValueBytes + namespaceLen + len(":sl")
 	total += MaxWakers*wakerBytes + namespaceLen + len(":w")
 	total += bucketBytes + namespaceLen + len(":b")
+	total += generationBytes + namespaceLen + len(":g")
 	return total
 }
 

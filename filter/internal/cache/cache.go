@@ -107,6 +107,7 @@ type Cache struct {
 	slKey      string // namespace + ":sl": the service-account fetch lease
 	wKey       string // namespace + ":w": the waker list
 	bKey       string // namespace + ":b": the new-key bucket
+	gKey       string // namespace + ":g": the generation word
 	caps       MarkerCaps
 }
 
@@ -126,6 +127,7 @@ func New(store Store, namespace string, slots uint32) *Cache {
 		slKey:      namespace + ":sl",
 		wKey:       namespace + ":w",
 		bKey:       namespace + ":b",
+		gKey:       namespace + ":g",
 	}
 }
 
@@ -197,9 +199,11 @@ func (c *Cache) Delete(k Key) error {
 // minAgeMs before nowMs. Use it on an upstream 401: another worker may already have replaced the
 // refused token with a fresh one, which must stay; and a token younger than minAgeMs stays too,
 // so that a path answering 401 to everything costs at most one exchange per key per minAgeMs.
-func (c *Cache) DeleteToken(k Key, token string, nowMs, minAgeMs int64) error {
+// It reports whether the token was removed.
+func (c *Cache) DeleteToken(k Key, token string, nowMs, minAgeMs int64) (bool, error) {
 	o := op{kind: opDelete, id: k.id(), token: token, matchToken: true, nowMs: nowMs, minAgeMs: minAgeMs}
-	return c.apply(c.SlotKey(k), &o)
+	err := c.apply(c.SlotKey(k), &o)
+	return o.removed, err
 }
 
 type opKind uint8
@@ -222,6 +226,7 @@ type op struct {
 	matchToken  bool      // opDelete: only if the entry holds token
 	minAgeMs    int64     // opDelete with matchToken, opDropService: only if stored that long before nowMs
 	caps        markerCap // opLease, opFailure: how far ahead a marker read back may expire
+	removed     bool      // opDelete, opDropService: the last modify took something out
 	expiresAtMs int64
 	refreshAtMs int64
 	nowMs       int64
@@ -407,6 +412,7 @@ func (o *op) modifyDelete(cur []byte) ([]byte, bool) {
 		}
 		copy(es[i:n], es[i+1:n])
 		n--
+		o.removed = true
 		return appendSlot(make([]byte, 0, slotSize(es[:n])), es[:n]), true
 	}
 	return nil, false

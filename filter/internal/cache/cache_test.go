@@ -377,7 +377,7 @@ func TestStoreErrors(t *testing.T) {
 	if err := c.Delete(userKey(1)); !errors.Is(err, boom) {
 		t.Errorf("Delete with failing Set = %v", err)
 	}
-	if err := c.DropServiceToken("sa", 0, 0); !errors.Is(err, boom) {
+	if _, err := c.DropServiceToken("sa", 0, 0); !errors.Is(err, boom) {
 		t.Errorf("DropServiceToken with failing Set = %v", err)
 	}
 	c = cache.New(failingStore{Store: s, getErr: boom}, ns, 1)
@@ -492,11 +492,11 @@ func TestDelete(t *testing.T) {
 			t.Fatal("Delete of a missing entry wrote")
 		}
 		// DeleteToken: only the token the upstream refused.
-		if err := c.DeleteToken(userKey(1), "an older token", 0, 0); err != nil {
+		if removed, err := c.DeleteToken(userKey(1), "an older token", 0, 0); err != nil || removed {
 			t.Fatal(err)
 		}
 		mustHit(t, c, userKey(1), 0, token(1, 8))
-		if err := c.DeleteToken(userKey(1), token(1, 8), 0, 0); err != nil {
+		if removed, err := c.DeleteToken(userKey(1), token(1, 8), 0, 0); err != nil || !removed {
 			t.Fatal(err)
 		}
 		mustMiss(t, c, userKey(1), 0)
@@ -591,17 +591,17 @@ func TestServiceToken(t *testing.T) {
 		put("T1", 1000, 800) // identical: no write
 		put("T2", 2000, 1800)
 		want(0, "T2")
-		if err := c.DropServiceToken("T1", 0, 0); err != nil { // an old token's 401
+		if removed, err := c.DropServiceToken("T1", 0, 0); err != nil || removed { // an old token's 401
 			t.Fatal(err)
 		}
 		want(0, "T2")
-		if err := c.DropServiceToken("T2", 0, 0); err != nil {
+		if removed, err := c.DropServiceToken("T2", 0, 0); err != nil || !removed {
 			t.Fatal(err)
 		}
 		want(0, "")
 		want(math.MinInt64, "")
 		s.ResetCounters()
-		if err := c.DropServiceToken("T2", 0, 0); err != nil { // already dropped
+		if removed, err := c.DropServiceToken("T2", 0, 0); err != nil || removed { // already dropped
 			t.Fatal(err)
 		}
 		if s.Sets() != 0 {
@@ -640,7 +640,7 @@ func TestServiceTokenCorrupt(t *testing.T) {
 			if got, ok := c.ServiceToken(0); ok {
 				t.Fatalf("%s: ServiceToken = %+v", name, got)
 			}
-			if err := c.DropServiceToken("secret", 0, 0); err != nil {
+			if _, err := c.DropServiceToken("secret", 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			if err := c.PutServiceToken(cache.ServiceToken{Token: "fresh", ExpiresAtMs: 1000}); err != nil {
@@ -687,8 +687,9 @@ func TestServiceTokenRace(t *testing.T) {
 
 func TestSharedBytesBoundValue(t *testing.T) {
 	// 1024 × (32906 + 13 + 3) + (10×1 + 90×2 + 900×3 + 24×4) + 8219 + 13 + 3 + …, the waker list
-	// 64 × (16 + 8): each record carries its VM's last heartbeat; the new-key bucket 17 + 13 + 2
-	if got, want := cache.SharedBytesBound(1024, len(ns)), 33725048; got != want {
+	// 64 × (16 + 8): each record carries its VM's last heartbeat; the new-key bucket 17 + 13 + 2;
+	// the generation word 8 + 13 + 2
+	if got, want := cache.SharedBytesBound(1024, len(ns)), 33725071; got != want {
 		t.Fatalf("SharedBytesBound(1024, %d) = %d, want %d", len(ns), got, want)
 	}
 	if cache.SharedBytesBound(0, 1) != cache.SharedBytesBound(1, 1) {
@@ -726,6 +727,9 @@ func TestSharedBytesBoundTight(t *testing.T) {
 		}
 	}
 	c.TakeNewKey(1, 1, 0)
+	if err := c.BumpGeneration(); err != nil {
+		t.Fatal(err)
+	}
 	// Tight to the byte but for the service lease's marker, whose length the bound caps at
 	// MaxMarkerBytes while a real one is shorter.
 	got, want := s.Bytes(), cache.SharedBytesBound(slots, len(ns))

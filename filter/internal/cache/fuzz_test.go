@@ -153,7 +153,7 @@ func FuzzDecodeServiceToken(f *testing.F) {
 			t.Fatalf("ServiceToken missed %+v", rec)
 		}
 		if ok {
-			if err := c.DropServiceToken(rec.Token, 0, 0); err != nil {
+			if _, err := c.DropServiceToken(rec.Token, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			if _, hit := c.ServiceToken(math.MinInt64); hit {

@@ -357,3 +357,28 @@ func TestForeignMarkersAreCappedByConfiguration(t *testing.T) {
 		}
 	})
 }
+
+// The generation word counts drops; a missing or foreign value reads as 0 and is overwritten.
+func TestGeneration(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		if g := c.Generation(); g != 0 {
+			t.Fatalf("fresh generation %d", g)
+		}
+		for i := 1; i <= 3; i++ {
+			if err := c.BumpGeneration(); err != nil {
+				t.Fatal(err)
+			}
+			if g := c.Generation(); g != uint64(i) {
+				t.Fatalf("after %d bumps: %d", i, g)
+			}
+		}
+		s.Raw(ns+":g", []byte("garbage"))
+		if g := c.Generation(); g != 0 {
+			t.Fatalf("foreign value read as %d", g)
+		}
+		if err := c.BumpGeneration(); err != nil || c.Generation() != 1 {
+			t.Fatalf("bump over a foreign value: %v, %d", err, c.Generation())
+		}
+	})
+}

@@ -45,9 +45,11 @@ func (c *Cache) PutServiceToken(t ServiceToken) error {
 // obtained at least minAgeMs before nowMs. An upstream 401 on a request that carried an old
 // token must not drop the newer one another worker stored since, and a fresh token stays, so
 // that anonymous requests to a path answering 401 cost at most one fetch per minAgeMs.
-func (c *Cache) DropServiceToken(token string, nowMs, minAgeMs int64) error {
+// It reports whether the token was dropped.
+func (c *Cache) DropServiceToken(token string, nowMs, minAgeMs int64) (bool, error) {
 	o := op{kind: opDropService, token: token, nowMs: nowMs, minAgeMs: minAgeMs}
-	return c.apply(c.saKey, &o)
+	err := c.apply(c.saKey, &o)
+	return o.removed, err
 }
 
 func (o *op) modifyPutService(cur []byte) ([]byte, bool) {
@@ -68,5 +70,6 @@ func (o *op) modifyDropService(cur []byte) ([]byte, bool) {
 		return nil, false
 	}
 	// The token stays in the record only so that it keeps its strict format (length ≥ 1).
+	o.removed = true
 	return appendService(make([]byte, 0, len(cur)), droppedMs, droppedMs, r.obtainedAtMs, r.token), true
 }

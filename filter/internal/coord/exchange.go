@@ -102,7 +102,9 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 		// key so that other workers' waiters exchange at once instead of waiting on our lease.
 		_ = w.Cache.ReleaseLease(k, w.owner)
 	}
-	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, key, "") })
+	// A token this fresh cannot have been dropped yet: the current word files it safely.
+	generation := w.Cache.Generation()
+	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, key, now+lifeMs, generation) })
 }
 
 // backOff records a failed exchange in the key's slot, so that requests for the key (on every

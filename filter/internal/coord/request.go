@@ -30,6 +30,11 @@ type Request struct {
 	usedKey     string // cache key of an exchanged token
 	usedToken   string // that exchanged token
 	usedService string // the service-account token
+
+	// memoKey is the request's entry in the worker's memo ("" user token: none);
+	// userUntilMs the user token's exp on the monotonic clock (0: none known).
+	memoKey     memoKey
+	userUntilMs int64
 }
 
 // maxHeaderRemovals bounds the removal of a repeated user-token header on hosts whose remove
@@ -87,10 +92,21 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			present = false // another scheme (Basic, …) carries no user token
 		}
 	}
-	switch {
-	case !present:
+	if !present {
 		w.logDebug("no user token in " + ex.UserTokenHeader + ": " + w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenMissing, FallbackNoUserToken)
+	}
+	// A user this VM served lately: no validation, no hashing, no slot to decode. The
+	// generation word is read before anything else from shared data, so that a token read
+	// after it can never be newer than the word it is filed under.
+	req.memoKey = memoKey{token, ex.Audience, ex.Scope}
+	generation := w.Cache.Generation()
+	if e, ok := w.memo.get(req.memoKey, now, generation); ok {
+		w.count(CacheHit)
+		req.useBearer(e.bearer, e.key, e.token, "")
+		return req.action()
+	}
+	switch {
 	case !oauth.ValidUserToken(token):
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
@@ -116,11 +132,14 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
 
+	if claims.HasExp {
+		req.userUntilMs = now + (claims.Exp*1000 - w.host.WallMs())
+	}
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
 	switch cur := w.Cache.Look(key, now); cur.State {
 	case cache.Hit:
 		w.count(CacheHit)
-		req.useToken(cur.Token, string(key[:]), "")
+		req.useExchanged(cur.Token, string(key[:]), cur.UntilMs, generation)
 	case cache.Failed:
 		// The last exchange of this user token failed moments ago: do not call the IdP again.
 		w.count(CacheMiss)
@@ -218,17 +237,37 @@ func (req *Request) failed(strictStatus int) {
 
 // useToken writes the token into the output header and lets the request go upstream.
 func (req *Request) useToken(token, usedKey, usedService string) {
+	var exchanged string
+	if usedKey != "" {
+		exchanged = token
+	}
+	req.useBearer("Bearer "+token, usedKey, exchanged, usedService)
+}
+
+// useExchanged sends the request on with an exchanged token read from shared data while the
+// generation word was generation, valid until untilMs, and files it in the worker's memo.
+func (req *Request) useExchanged(token, key string, untilMs int64, generation uint64) {
+	bearer := "Bearer " + token
+	if req.memoKey.userToken != "" {
+		if req.userUntilMs != 0 {
+			untilMs = min(untilMs, req.userUntilMs)
+		}
+		req.w.memo.put(req.memoKey, &memoEntry{bearer: bearer, token: token, key: key, untilMs: untilMs, generation: generation})
+	}
+	req.useBearer(bearer, key, token, "")
+}
+
+// useBearer writes a ready "Bearer …" value; usedKey and exchanged, or usedService, say what it
+// carries, for an upstream 401.
+func (req *Request) useBearer(bearer, usedKey, exchanged, usedService string) {
 	w := req.w
 	if !req.release() {
 		return
 	}
-	if err := w.host.SetRequestHeader(w.cfg.OutputHeader, "Bearer "+token); err != nil {
+	if err := w.host.SetRequestHeader(w.cfg.OutputHeader, bearer); err != nil {
 		w.logError("writing " + w.cfg.OutputHeader + " failed: " + err.Error())
 	}
-	req.usedKey, req.usedService = usedKey, usedService
-	if usedKey != "" {
-		req.usedToken = token
-	}
+	req.usedKey, req.usedService, req.usedToken = usedKey, usedService, exchanged
 	req.settled = true
 	if !req.inHeaders {
 		if err := w.host.ResumeRequest(); err != nil {
@@ -289,8 +328,12 @@ func (req *Request) OnResponseHeaders(status func() (string, bool)) {
 	if req.usedKey != "" {
 		// Only if it still holds the token we sent (another worker may have stored a fresh
 		// one) and that token has been in use a while (Drop401MinAgeMs).
-		_ = w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken, now, Drop401MinAgeMs)
-		w.logDebug("upstream answered 401: dropped the cached exchanged token unless it is new")
+		w.memo.forget(req.memoKey)
+		if removed, _ := w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken, now, Drop401MinAgeMs); removed {
+			// Every worker's memo stops trusting what it read before.
+			_ = w.Cache.BumpGeneration()
+			w.logDebug("upstream answered 401: dropped the cached exchanged token")
+		}
 	}
 	if req.usedService != "" {
 		w.service.dropped(req.usedService, now)

@@ -236,7 +236,9 @@ func (s *serviceSource) start(now int64) {
 
 // dropped forgets a service-account token the upstream refused.
 func (s *serviceSource) dropped(token string, now int64) {
-	_ = s.w.Cache.DropServiceToken(token, now, Drop401MinAgeMs)
+	if removed, _ := s.w.Cache.DropServiceToken(token, now, Drop401MinAgeMs); removed {
+		_ = s.w.Cache.BumpGeneration()
+	}
 	if s.local.Token == token && now-s.local.ObtainedAtMs >= Drop401MinAgeMs {
 		s.local = cache.ServiceToken{}
 	}

@@ -48,6 +48,8 @@ type Worker struct {
 	held map[uint32]*Request
 	// redactor cuts the client secret out of IdP text before it is logged.
 	redactor *oauth.Redactor
+	// memo holds exchanged tokens this VM served lately (see memo.go).
+	memo memo
 	// owner identifies this VM in leases and in the waker list.
 	owner string
 
