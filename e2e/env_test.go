@@ -58,6 +58,9 @@ const (
 	uiClient     = "kagenti-ui"
 	apiAudience  = "kagenti-api"
 	exchangeOn   = `"tokenExchange":{"enabled":true,"audience":"kagenti-api"}`
+	// exchangeUnlimited is exchangeOn without the new-key bucket, for tests of many new users
+	// that measure something else.
+	exchangeUnlimited = `"tokenExchange":{"enabled":true,"audience":"kagenti-api","newKeyExchangesPerSecond":0}`
 )
 
 func newEnv(t *testing.T, o envOptions) *env {

@@ -50,7 +50,7 @@ func TestE2E_Soak(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d, %d users, baseline %v, faults %v", seed, users, baseDur, faultDur)
 
-	e := newEnv(t, envOptions{plugin: exchangeOn + `,"timeoutMs":` + strconv.Itoa(timeoutMs)})
+	e := newEnv(t, envOptions{plugin: exchangeUnlimited + `,"timeoutMs":` + strconv.Itoa(timeoutMs)})
 	e.serviceTokenReady()
 	s := &soak{e: e, users: make([]*soakUser, users), rng: rand.New(rand.NewPCG(seed, seed^0x5eed)), sample: 1}
 	if os.Getenv("SOAK") != "" {

@@ -300,7 +300,7 @@ func run(module []byte, users int, outage time.Duration, keyBits int) (*Result, 
 func (b *bench) startProxy() error {
 	secret, _ := b.idp.Client(filterClient)
 	plugin := `{"tokenEndpoint":"` + b.idp.TokenEndpoint() + `","cluster":"idp","clientId":"` + filterClient +
-		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET","tokenExchange":{"enabled":true,"audience":"` + apiAudience + `"},` +
+		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET","tokenExchange":{"enabled":true,"audience":"` + apiAudience + `","newKeyExchangesPerSecond":0},` +
 		// The API is under /api; anything else behind the gateway matches no rule and passes through.
 		`"rules":[{"pathPrefix":"/api"}]}`
 	px, err := host.Start(context.Background(), host.Config{

@@ -67,8 +67,8 @@ type Exchange struct {
 // Token-bucket defaults for exchanges of unseen user tokens: far above what a gateway's real
 // users start per second, far below what made-up tokens would cost the IdP.
 const (
-	DefaultNewKeyRate  = 50
-	DefaultNewKeyBurst = 200
+	DefaultNewKeyRate  = 100
+	DefaultNewKeyBurst = 1000
 	MaxNewKeyRate      = 100_000
 )
 
