@@ -8,6 +8,7 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+	"github.com/kagenti/token-exchange-filter/filter/internal/seal"
 )
 
 // exchangeSource fetches a token for one user token (RFC 8693 token exchange). Its flights are
@@ -19,6 +20,8 @@ type exchangeSource struct {
 	invalidStreak int
 	lastInvalid   string
 	explained     bool
+	// retrying: a flight is being retried after a forged cache entry was deleted.
+	retrying bool
 }
 
 // invalidTokenStreak is how many different user tokens refused in a row as "Invalid token"
@@ -89,13 +92,16 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 	}
 	s.invalidStreak = 0
 	lifeMs, ok := w.lifetimeMs(tok)
-	stored := false
-	if ok && len(tok.AccessToken) <= cache.MaxTokenBytes {
-		err := w.Cache.Put(k, tok.AccessToken, now+lifeMs, now)
+	stored, blob := false, ""
+	if ok && len(tok.AccessToken)+seal.Overhead <= cache.MaxTokenBytes {
+		sealed := w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs)
+		err := w.Cache.Put(k, sealed, now+lifeMs, now)
 		if err != nil {
 			w.warns.warn(w, "cache", now, "storing an exchanged token in shared data failed: "+err.Error())
 		}
-		stored = err == nil
+		if stored = err == nil; stored {
+			blob = sealed
+		}
 	}
 	if !stored {
 		// Nothing shared (no time left, too long for an entry, or the write failed): free the
@@ -104,7 +110,7 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 	}
 	// A token this fresh cannot have been dropped yet: the current word files it safely.
 	generation := w.Cache.Generation()
-	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, key, now+lifeMs, generation) })
+	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, blob, key, now+lifeMs, generation) })
 }
 
 // backOff records a failed exchange in the key's slot, so that requests for the key (on every
@@ -137,7 +143,19 @@ func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup) {
 	w := s.w
 	switch cur.State {
 	case cache.Hit:
-		w.settleEach(f, func(req *Request) { req.useToken(cur.Token, f.Key, "") })
+		token, _, ok := s.open(f.Key, cur)
+		switch {
+		case ok:
+			w.settleEach(f, func(req *Request) { req.useBearer("Bearer "+token, f.Key, cur.Token, "") })
+		case !s.retrying:
+			// The forged entry is gone: exchange for real (once; a neighbour writing it back
+			// at once fails the flight rather than looping).
+			s.retrying = true
+			w.takeOver(f, w.host.NowMs())
+			s.retrying = false
+		default:
+			w.settleEach(f, func(req *Request) { req.exchangeFailed(&oauth.Failure{Class: oauth.Transient}) })
+		}
 	case cache.Failed:
 		w.settleEach(f, func(req *Request) { req.backedOff(cur.Status) })
 	default:
@@ -147,6 +165,23 @@ func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup) {
 			w.count(RequestsJoined)
 		}
 	}
+}
+
+// open opens a cached entry of key: the token in the clear and the earlier of the entry's and the
+// sealed expiry. An entry that does not open was not written by this configuration (another
+// plugin in the vm_id planted or damaged it): it is deleted, so that an exchange can replace it,
+// and reported.
+func (s *exchangeSource) open(key string, cur cache.Lookup) (string, int64, bool) {
+	w := s.w
+	k := cacheKey(key)
+	token, untilMs, ok := w.sealer.Open(cur.Token, k[:])
+	if !ok {
+		_ = w.Cache.Delete(k)
+		w.warns.warn(w, "unsealed", w.host.NowMs(), "a cache entry in shared data was not written by this configuration "+
+			"(another plugin in the vm_id?): it is ignored and replaced")
+		return "", 0, false
+	}
+	return token, min(untilMs, cur.UntilMs), true
 }
 
 func (s *exchangeSource) poll(f *flight.Flight, now int64) {

@@ -15,7 +15,7 @@ type memoKey struct{ userToken, audience, scope string }
 
 type memoEntry struct {
 	bearer     string // "Bearer <exchanged token>", ready for the header
-	token      string // the exchanged token (an upstream 401 drops it by value)
+	token      string // its sealed entry in shared data (an upstream 401 drops it by value)
 	key        string // its cache key, as a flight key
 	untilMs    int64  // monotonic: the earlier of its expiry and the user token's exp
 	generation uint64 // the generation word when the token was read

@@ -138,8 +138,14 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
 	switch cur := w.Cache.Look(key, now); cur.State {
 	case cache.Hit:
-		w.count(CacheHit)
-		req.useExchanged(cur.Token, string(key[:]), cur.UntilMs, generation)
+		if token, untilMs, ok := w.exchange.open(string(key[:]), cur); ok {
+			w.count(CacheHit)
+			req.useExchanged(token, cur.Token, string(key[:]), untilMs, generation)
+			break
+		}
+		// A forged entry (now deleted) is a miss.
+		w.count(CacheMiss)
+		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
 	case cache.Failed:
 		// The last exchange of this user token failed moments ago: do not call the IdP again.
 		w.count(CacheMiss)
@@ -199,8 +205,8 @@ func (req *Request) useServiceToken() {
 	w := req.w
 	sa := &w.service
 	now := w.host.NowMs()
-	if t, ok := sa.token(now); ok {
-		req.useToken(t, "", t)
+	if t, used, ok := sa.token(now); ok {
+		req.useToken(t, "", used)
 		return
 	}
 	if sa.status == saFailed || req.deadlineExpired {
@@ -244,17 +250,18 @@ func (req *Request) useToken(token, usedKey, usedService string) {
 	req.useBearer("Bearer "+token, usedKey, exchanged, usedService)
 }
 
-// useExchanged sends the request on with an exchanged token read from shared data while the
-// generation word was generation, valid until untilMs, and files it in the worker's memo.
-func (req *Request) useExchanged(token, key string, untilMs int64, generation uint64) {
+// useExchanged sends the request on with an exchanged token (blob: its sealed entry in shared
+// data, "" if it is not there) read while the generation word was generation, valid until
+// untilMs, and files it in the worker's memo.
+func (req *Request) useExchanged(token, blob, key string, untilMs int64, generation uint64) {
 	bearer := "Bearer " + token
 	if req.memoKey.userToken != "" {
 		if req.userUntilMs != 0 {
 			untilMs = min(untilMs, req.userUntilMs)
 		}
-		req.w.memo.put(req.memoKey, &memoEntry{bearer: bearer, token: token, key: key, untilMs: untilMs, generation: generation})
+		req.w.memo.put(req.memoKey, &memoEntry{bearer: bearer, token: blob, key: key, untilMs: untilMs, generation: generation})
 	}
-	req.useBearer(bearer, key, token, "")
+	req.useBearer(bearer, key, blob, "")
 }
 
 // useBearer writes a ready "Bearer …" value; usedKey and exchanged, or usedService, say what it

@@ -48,6 +48,10 @@ type serviceSource struct {
 	// local keeps a token shared data could not take (over 8 KiB, or the write failed), so
 	// this worker does not fetch again for every request.
 	local cache.ServiceToken
+	// The last sealed record read from shared data and what it opened to, so that a request
+	// compares strings instead of decrypting.
+	lastBlob, lastPlain string
+	lastUntilMs         int64
 }
 
 func (s *serviceSource) init(cfg *config.Config) {
@@ -101,17 +105,23 @@ func (s *serviceSource) result(_ string, tok oauth.Token, fail *oauth.Failure, w
 	}
 	s.status, s.failures, s.retryAtMs = saOK, 0, 0
 	s.local = cache.ServiceToken{}
+	used := tok.AccessToken // what an upstream 401 drops: the sealed record when shared
 	lifeMs, ok := w.lifetimeMs(tok)
 	if !tok.HasExpiry {
 		lifeMs, ok = saUnknownLifetimeMs, true
 	}
 	if ok {
 		t := cache.ServiceToken{Token: tok.AccessToken, ExpiresAtMs: now + lifeMs, RefreshAtMs: now + lifeMs*3/4, ObtainedAtMs: now}
-		if err := w.Cache.PutServiceToken(t); err != nil {
+		sealed := t
+		sealed.Token = w.sealer.Seal(tok.AccessToken, serviceBinding, t.ExpiresAtMs)
+		if err := w.Cache.PutServiceToken(sealed); err != nil {
 			s.local = t
 			if !errors.Is(err, cache.ErrNotCacheable) {
 				w.warns.warn(w, "cache", now, "storing the service-account token in shared data failed: "+err.Error())
 			}
+		} else {
+			s.lastBlob, s.lastPlain, s.lastUntilMs = sealed.Token, tok.AccessToken, t.ExpiresAtMs
+			used = sealed.Token
 		}
 		s.nextCheckMs = t.RefreshAtMs + s.jitter(lifeMs)
 		w.logDebug("service-account token " + oauth.Fingerprint(tok.AccessToken) + " fetched, usable for " +
@@ -127,17 +137,17 @@ func (s *serviceSource) result(_ string, tok oauth.Token, fail *oauth.Failure, w
 	// find neither lease nor token and fetch again.
 	_ = w.Cache.ReleaseServiceLease(w.owner)
 	w.wakeOthers()
-	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, "", tok.AccessToken) })
+	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, "", used) })
 }
 
 // poll ends a wait on another worker's fetch once a fresh token is in shared data, or takes
 // the fetch over when that worker's lease is gone.
 func (s *serviceSource) poll(f *flight.Flight, now int64) {
 	w := s.w
-	if t, ok := w.Cache.ServiceToken(now); ok && now < t.RefreshAtMs {
+	if t, blob, ok := s.shared(now); ok && now < t.RefreshAtMs {
 		s.status, s.failures, s.retryAtMs = saOK, 0, 0
 		s.nextCheckMs = t.RefreshAtMs + s.jitter(t.ExpiresAtMs-now)
-		w.settleEach(f, func(req *Request) { req.useToken(t.Token, "", t.Token) })
+		w.settleEach(f, func(req *Request) { req.useToken(t.Token, "", blob) })
 		return
 	}
 	switch cur := w.Cache.LookServiceLease(now); cur.State {
@@ -185,16 +195,50 @@ func (s *serviceSource) fetchFailed(fail *oauth.Failure, now int64) {
 		"; retrying in "+strconv.FormatInt(backoff, 10)+" ms")
 }
 
-// token returns a usable service-account token: the shared one, or the one this worker keeps
-// because shared data could not take it.
-func (s *serviceSource) token(now int64) (string, bool) {
-	if t, ok := s.w.Cache.ServiceToken(now); ok {
-		return t.Token, true
+// token returns a usable service-account token, and what an upstream 401 drops (the sealed
+// record): the shared one, or the one this worker keeps because shared data could not take it.
+func (s *serviceSource) token(now int64) (token, used string, ok bool) {
+	if t, blob, ok := s.shared(now); ok {
+		return t.Token, blob, true
 	}
 	if s.local.Token != "" && now < s.local.ExpiresAtMs {
-		return s.local.Token, true
+		return s.local.Token, s.local.Token, true
 	}
-	return "", false
+	return "", "", false
+}
+
+// serviceBinding binds the sealed service-account record to its key.
+var serviceBinding = []byte("service-account")
+
+// shared reads the service-account record from shared data and opens it: the token in the
+// clear, its expiry the earlier of the record's and the sealed one, and the sealed form (blob).
+// The last opened record is remembered, so that requests do not each decrypt it. A record that
+// does not open was not written by this configuration (a neighbour in the vm_id): it is marked
+// dropped, so that our next fetch replaces it.
+func (s *serviceSource) shared(now int64) (t cache.ServiceToken, blob string, ok bool) {
+	w := s.w
+	rec, found := w.Cache.ServiceToken(now)
+	if !found {
+		return cache.ServiceToken{}, "", false
+	}
+	if rec.Token != s.lastBlob {
+		plain, until, opened := w.sealer.Open(rec.Token, serviceBinding)
+		if !opened {
+			_, _ = w.Cache.DropServiceToken(rec.Token, now, 0)
+			w.warns.warn(w, "unsealed", now, "the service-account record in shared data was not written by this configuration "+
+				"(another plugin in the vm_id?): it is ignored")
+			return cache.ServiceToken{}, "", false
+		}
+		s.lastBlob, s.lastPlain, s.lastUntilMs = rec.Token, plain, until
+	}
+	t = rec
+	t.Token = s.lastPlain
+	t.ExpiresAtMs = min(rec.ExpiresAtMs, s.lastUntilMs)
+	t.RefreshAtMs = min(rec.RefreshAtMs, t.ExpiresAtMs)
+	if now >= t.ExpiresAtMs {
+		return cache.ServiceToken{}, "", false
+	}
+	return t, rec.Token, true
 }
 
 // jitter is a per-worker delay of up to 1/8 of the lifetime (at most 10 s).
@@ -215,7 +259,7 @@ func (s *serviceSource) refresh(now int64) {
 	if _, running := s.w.flights.Get(serviceFlightKey); running {
 		return
 	}
-	if t, ok := s.w.Cache.ServiceToken(now); ok && now < t.RefreshAtMs {
+	if t, _, ok := s.shared(now); ok && now < t.RefreshAtMs {
 		// Another worker refreshed it.
 		s.status = saOK
 		s.nextCheckMs = t.RefreshAtMs + s.jitter(t.ExpiresAtMs-now)

@@ -8,6 +8,7 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
+	"github.com/kagenti/token-exchange-filter/filter/internal/seal"
 )
 
 const (
@@ -50,6 +51,8 @@ type Worker struct {
 	redactor *oauth.Redactor
 	// memo holds exchanged tokens this VM served lately (see memo.go).
 	memo memo
+	// sealer seals what goes into shared data (package seal).
+	sealer *seal.Sealer
 	// owner identifies this VM in leases and in the waker list.
 	owner string
 
@@ -94,6 +97,7 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 		ServiceFailureMs: saRetryMaxMs + TickMs,
 	})
 	w.redactor = oauth.NewRedactor(w.client)
+	w.sealer = seal.New(cfg.ClientSecret, cfg.Namespace(), host.Random)
 	w.exchange.w = w
 	w.service.w = w
 	w.service.init(cfg)
@@ -403,3 +407,16 @@ func (w *Worker) logDebug(msg string) { w.host.Log(Debug, LogPrefix+msg) }
 func (w *Worker) logInfo(msg string)  { w.host.Log(Info, LogPrefix+msg) }
 func (w *Worker) logWarn(msg string)  { w.host.Log(Warn, LogPrefix+msg) }
 func (w *Worker) logError(msg string) { w.host.Log(Error, LogPrefix+msg) }
+
+// StoreExchanged puts token into shared data for key, sealed, as another worker of this
+// configuration would (tests play that worker with it).
+func (w *Worker) StoreExchanged(key cache.Key, token string, untilMs, nowMs int64) error {
+	return w.Cache.Put(key, w.sealer.Seal(token, key[:], untilMs), untilMs, nowMs)
+}
+
+// StoreServiceToken puts t into shared data, sealed, as another worker of this configuration
+// would.
+func (w *Worker) StoreServiceToken(t cache.ServiceToken) error {
+	t.Token = w.sealer.Seal(t.Token, serviceBinding, t.ExpiresAtMs)
+	return w.Cache.PutServiceToken(t)
+}

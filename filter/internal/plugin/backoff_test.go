@@ -130,7 +130,7 @@ func TestResultOfAnotherWorkerIsPickedUp(t *testing.T) {
 	if got := h.counter(metricJoined); got != 2 {
 		t.Fatalf("%s = %d, want 2 (both requests joined the other worker's exchange)", metricJoined, got)
 	}
-	if err := r.cache.Put(k, testExchanged, nowMs()+60_000, nowMs()); err != nil {
+	if err := r.worker.StoreExchanged(k, testExchanged, nowMs()+60_000, nowMs()); err != nil {
 		t.Fatal(err)
 	}
 	clock.advance(tickMs)

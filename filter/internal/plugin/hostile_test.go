@@ -3,7 +3,10 @@ package plugin
 import (
 	"encoding/base64"
 	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
 )
 
 // jwt makes a JWT-shaped user token with the given payload (never verified by the filter).
@@ -73,4 +76,39 @@ func TestNewKeyBucket(t *testing.T) {
 		id, _ = h.userRequest(jwt(`{"sub":"u0"}`))
 		h.wantForwarded(id, testExchanged)
 	})
+}
+
+// Shared data is sealed: a neighbour in the vm_id that copies bob's entry under alice's key, or
+// plants a token of its own, gets neither used (alice is exchanged for real), and nobody reads a
+// cached token in the clear.
+func TestSharedDataIsSealed(t *testing.T) {
+	for _, copyBob := range []bool{true, false} {
+		t.Run(map[bool]string{true: "bob's entry under alice's key", false: "a planted token"}[copyBob], func(t *testing.T) {
+			h := start(t, "go", pluginConfig(exchangeOn))
+			h.serviceTokenReady()
+			r := h.rootForTest()
+			now := nowMs()
+			bob := cacheKeyFor(testUserToken2)
+			if err := r.worker.StoreExchanged(bob, testExchanged2, now+60_000, now); err != nil {
+				t.Fatal(err)
+			}
+			blob := r.cache.Look(bob, now).Token
+			if strings.Contains(blob, testExchanged2) {
+				t.Fatal("a cached token is readable in shared data")
+			}
+			planted := testExchanged2
+			if copyBob {
+				planted = blob
+			}
+			if err := r.cache.Put(cacheKeyFor(testUserToken), planted, now+60_000, now); err != nil {
+				t.Fatal(err)
+			}
+			id, action := h.userRequest(testUserToken)
+			if action == types.ActionContinue {
+				t.Fatal("alice's request went on with a planted entry")
+			}
+			h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
+			h.wantForwarded(id, testExchanged)
+		})
+	}
 }

@@ -116,7 +116,7 @@ func TestServiceTokenFetchedByOneWorker(t *testing.T) {
 		h.noCallout()
 		h.wantHeld(id)
 		now := nowMs()
-		if err := r.cache.PutServiceToken(cache.ServiceToken{Token: testServiceToken, ExpiresAtMs: now + 300_000, RefreshAtMs: now + 200_000}); err != nil {
+		if err := r.worker.StoreServiceToken(cache.ServiceToken{Token: testServiceToken, ExpiresAtMs: now + 300_000, RefreshAtMs: now + 200_000}); err != nil {
 			t.Fatal(err)
 		}
 		clock.advance(tickMs)
