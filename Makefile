@@ -18,10 +18,12 @@ OCI_OUT   := build/oci
 
 all: build
 
-## build: compile the filter to build/plugin.wasm with upstream Go (no TinyGo)
+## build: compile the filter to build/plugin.wasm with upstream Go (no TinyGo), then drop the body
+## and trailer callback exports (Envoy then never enters the VM per body chunk; internal/wasmstrip)
 build:
 	@mkdir -p build
 	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -o $(WASM) ./filter
+	$(GO) run ./cmd/wasm-strip $(WASM)
 	@echo "built $(WASM) ($$(wc -c < $(WASM)) bytes)"
 
 ## vet: static checks; every filter package must also compile for the wasm target

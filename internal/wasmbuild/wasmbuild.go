@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+
+	"github.com/kagenti/token-exchange-filter/internal/wasmstrip"
 )
 
 // EnvVar names the variable `make test` sets to build/plugin.wasm.
@@ -31,7 +33,11 @@ var Module = sync.OnceValues(func() ([]byte, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the wasm module: %v\n%s", err, b)
 	}
-	return os.ReadFile(out)
+	mod, err := os.ReadFile(out)
+	if err != nil {
+		return nil, err
+	}
+	return wasmstrip.Strip(mod, wasmstrip.BodyAndTrailerCallbacks) // as make build does
 })
 
 // RepoRoot is the repository's top directory.

@@ -2,10 +2,17 @@ package plugin
 
 import (
 	"context"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/tetratelabs/wazero"
+
+	"github.com/kagenti/token-exchange-filter/internal/wasmstrip"
 )
 
 // What Envoy ≥ 1.39 (proxy-wasm-cpp-host, include/proxy-wasm/exports.h) links into a module.
@@ -91,5 +98,38 @@ func TestModuleLoadsInEnvoy(t *testing.T) {
 	}
 	if _, ok := exports["_start"]; ok {
 		t.Errorf("module exports _start: built without -buildmode=c-shared, it would exit and trap")
+	}
+	// No body or trailer callback: Envoy then never enters the VM per body chunk (make build
+	// strips the SDK's, internal/wasmstrip).
+	for _, name := range wasmstrip.BodyAndTrailerCallbacks {
+		if _, ok := exports[name]; ok {
+			t.Errorf("module exports %s: every body chunk would enter the VM", name)
+		}
+	}
+}
+
+// The exports are stripped because the filter has no body or trailer callback; if one is ever
+// written, it must not be silently dropped: this fails first.
+func TestFilterHasNoBodyOrTrailerCallback(t *testing.T) {
+	fset := token.NewFileSet()
+	for _, dir := range []string{".", "../coord", "../.."} {
+		pkgs, err := parser.ParseDir(fset, dir, func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pkg := range pkgs {
+			for name, f := range pkg.Files {
+				for _, d := range f.Decls {
+					fn, ok := d.(*ast.FuncDecl)
+					if !ok || fn.Recv == nil {
+						continue
+					}
+					switch fn.Name.Name {
+					case "OnHttpRequestBody", "OnHttpResponseBody", "OnHttpRequestTrailers", "OnHttpResponseTrailers":
+						t.Errorf("%s: %s is implemented, but make build strips its export (internal/wasmstrip)", name, fn.Name.Name)
+					}
+				}
+			}
+		}
 	}
 }
