@@ -7,7 +7,9 @@ FUZZ_TARGETS := \
 	./filter/config:FuzzParse \
 	./filter/internal/oauth:FuzzParseResponse \
 	./filter/internal/cache:FuzzDecodeSlot \
-	./filter/internal/cache:FuzzDecodeServiceToken
+	./filter/internal/cache:FuzzDecodeServiceToken \
+	./filter/internal/oauth:FuzzUserTokenExpiry \
+	./filter/internal/seal:FuzzOpen
 
 .PHONY: all build test vet run bench fuzz oci-layout push clean
 
