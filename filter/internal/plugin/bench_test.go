@@ -41,7 +41,8 @@ func BenchmarkRequestCacheHit(b *testing.B) {
 func BenchmarkRequestCacheMiss(b *testing.B) {
 	for _, runner := range runners {
 		b.Run(runner, func(b *testing.B) {
-			h := start(b, runner, pluginConfig(exchangeOn))
+			// A new user per iteration, as fast as they come: without the new-key bucket.
+			h := start(b, runner, pluginConfig(`"tokenExchange":{"enabled":true,"audience":"kagenti","newKeyExchangesPerSecond":0}`))
 			h.serviceTokenReady()
 			answer := [][2]string{{":status", "200"}, {"content-type", "application/json"}}
 			body := []byte(tokenBody(testExchanged, 3600))
