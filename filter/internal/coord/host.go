@@ -68,6 +68,9 @@ type Answer struct {
 type RequestHeaders interface {
 	Get(name string) (string, bool)
 	Remove(name string)
+	// Count is how many values of name the request has (it may read every header: it is
+	// called only when a token is about to be validated, never on a memo hit).
+	Count(name string) int
 }
 
 // Action is what OnRequestHeaders tells the host.

@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"github.com/kagenti/token-exchange-filter/filter/config"
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 	"strconv"
@@ -35,6 +36,8 @@ type Request struct {
 	// userUntilMs the user token's exp on the monotonic clock (0: none known).
 	memoKey     memoKey
 	userUntilMs int64
+	// generation is the generation word read before the memo lookup (see memo.go).
+	generation uint64
 }
 
 // maxHeaderRemovals bounds the removal of a repeated user-token header on hosts whose remove
@@ -65,26 +68,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
 	}
 	raw, present := hdr.Get(ex.UserTokenHeader)
-	if ex.RemoveUserTokenHeader {
-		// Before anything else, and with exchange off too: whatever happens next, the user's
-		// token never goes upstream (a roll-back to enabled:false must not start leaking it).
-		// Also when nothing was read: the host reads the first of repeated headers, and the SDK
-		// reads an empty value as absent, so an empty first value would hide a second.
-		// Envoy's remove takes every value (source/extensions/common/wasm/context.cc,
-		// removeHeaderMapValue → HeaderMap::remove); a host that takes one (the SDK's
-		// emulator) is covered by removing until none is left, a bounded few times.
-		for range maxHeaderRemovals {
-			hdr.Remove(ex.UserTokenHeader)
-			if _, still := hdr.Get(ex.UserTokenHeader); !still {
-				break
-			}
-		}
-	}
 	present = present && raw != ""
-	if !ex.Enabled {
-		req.useServiceToken()
-		return req.action()
-	}
 	token := raw
 	if present && ex.UserTokenHeader == "authorization" {
 		var isBearer bool
@@ -92,19 +76,37 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			present = false // another scheme (Basic, …) carries no user token
 		}
 	}
+	if ex.Enabled && present {
+		// A user this VM served lately: no validation, no hashing, no slot to decode. The
+		// generation word is read before anything else from shared data, so that a token read
+		// after it can never be newer than the word it is filed under. (The token was validated
+		// when it was filed, as the single value of its header.)
+		req.memoKey = memoKey{token, ex.Audience, ex.Scope}
+		generation := w.Cache.Generation()
+		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
+			req.removeUserTokenHeader(hdr, ex)
+			w.count(CacheHit)
+			req.useBearer(e.bearer, e.key, e.token, "")
+			return req.action()
+		}
+		req.generation = generation
+	}
+	// Several values of the header: which one is the user's is anybody's guess (a proxy in
+	// front may have appended one), so none is. Counted before the removal takes them all.
+	several := present && ex.Enabled && hdr.Count(ex.UserTokenHeader) > 1
+	req.removeUserTokenHeader(hdr, ex)
+	if !ex.Enabled {
+		req.useServiceToken()
+		return req.action()
+	}
 	if !present {
 		w.logDebug("no user token in " + ex.UserTokenHeader + ": " + w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenMissing, FallbackNoUserToken)
 	}
-	// A user this VM served lately: no validation, no hashing, no slot to decode. The
-	// generation word is read before anything else from shared data, so that a token read
-	// after it can never be newer than the word it is filed under.
-	req.memoKey = memoKey{token, ex.Audience, ex.Scope}
-	generation := w.Cache.Generation()
-	if e, ok := w.memo.get(req.memoKey, now, generation); ok {
-		w.count(CacheHit)
-		req.useBearer(e.bearer, e.key, e.token, "")
-		return req.action()
+	generation := req.generation
+	if several {
+		w.warns.warn(w, "repeated-user-token", now, "a request carried "+ex.UserTokenHeader+" more than once; "+w.failureOutcomeShort())
+		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
 	switch {
 	case !oauth.ValidUserToken(token):
@@ -170,6 +172,25 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.hold(req, string(key[:]), &w.exchange, token, ex.Audience, ex.Scope)
 	}
 	return req.action()
+}
+
+// removeUserTokenHeader strips the user token header when the configuration says so: before
+// anything goes upstream, and with exchange off too (a roll-back to enabled:false must not start
+// leaking it), also when nothing was read: the host reads the first of repeated headers, and the
+// SDK reads an empty value as absent, so an empty first value would hide a second. Envoy's
+// remove takes every value (source/extensions/common/wasm/context.cc, removeHeaderMapValue →
+// HeaderMap::remove); a host that takes one (the SDK's emulator) is covered by removing until
+// none is left, a bounded few times.
+func (req *Request) removeUserTokenHeader(hdr RequestHeaders, ex config.Exchange) {
+	if !ex.RemoveUserTokenHeader {
+		return
+	}
+	for range maxHeaderRemovals {
+		hdr.Remove(ex.UserTokenHeader)
+		if _, still := hdr.Get(ex.UserTokenHeader); !still {
+			return
+		}
+	}
 }
 
 // withoutUserToken settles a request that brought no usable user token: strict mode answers

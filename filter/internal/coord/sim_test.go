@@ -268,6 +268,12 @@ type mapHeaders map[string]string
 
 func (m mapHeaders) Get(name string) (string, bool) { v, ok := m[name]; return v, ok }
 func (m mapHeaders) Remove(name string)             { delete(m, name) }
+func (m mapHeaders) Count(name string) int {
+	if _, ok := m[name]; ok {
+		return 1
+	}
+	return 0
+}
 
 func (e *simEnvoy) startVM(name string, serving bool) *simVM {
 	vm := &simVM{name: name, alive: true, ticks: serving, streams: map[uint32]*simStream{}}

@@ -112,3 +112,23 @@ func TestSharedDataIsSealed(t *testing.T) {
 		})
 	}
 }
+
+// Several values of the user token header: none is taken for the user's (a proxy in front may
+// have appended one); the request falls back without a callout, and no value goes upstream.
+func TestSeveralUserTokenValuesAreInvalid(t *testing.T) {
+	forEachRunner(t, func(t *testing.T, runner string) {
+		h := start(t, runner, pluginConfig(exchangeOn))
+		h.serviceTokenReady()
+		id, _ := h.request([2]string{headerUserToken, testUserToken}, [2]string{headerUserToken, testUserToken2})
+		h.wantForwarded(id, testServiceToken)
+		h.noCallout()
+		if n := h.counter("token_exchange.fallback.invalid_user_token"); n != 1 {
+			t.Errorf("fallback.invalid_user_token = %d, want 1", n)
+		}
+		for _, kv := range h.host.GetCurrentRequestHeaders(id) {
+			if kv[0] == headerUserToken && kv[1] != "" {
+				t.Fatalf("%s went upstream", headerUserToken)
+			}
+		}
+	})
+}

@@ -34,6 +34,20 @@ func (h *httpContext) OnHttpStreamDone() { h.req.OnDone() }
 // requestHeaders is coord.RequestHeaders over the current stream's request headers.
 type requestHeaders struct{}
 
+func (requestHeaders) Count(name string) int {
+	hs, err := proxywasm.GetHttpRequestHeaders()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, h := range hs {
+		if h[0] == name {
+			n++
+		}
+	}
+	return n
+}
+
 func (requestHeaders) Get(name string) (string, bool) {
 	v, err := proxywasm.GetHttpRequestHeader(name)
 	return v, err == nil
