@@ -17,7 +17,7 @@ func module(names ...string) []byte {
 	for _, n := range names {
 		body = binary.AppendUvarint(body, uint64(len(n)))
 		body = append(body, n...)
-		body = append(body, 0) // a function
+		body = append(body, 0)                                // a function
 		body = binary.AppendUvarint(body, uint64(len(n)+200)) // an index of its own
 	}
 	m = append(m, exportSection)
