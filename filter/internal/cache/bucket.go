@@ -24,12 +24,8 @@ func (c *Cache) TakeNewKey(ratePerSec, burst uint32, nowMs int64) bool {
 		return true
 	}
 	full := int64(burst) * 1000
-	for attempt := 0; attempt < MaxAttempts; attempt++ {
-		cur, cas, err := c.store.Get(c.bKey)
-		found := err == nil
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return true
-		}
+	var ok bool
+	err := c.update(c.bKey, func(cur []byte) []byte {
 		milli, last := full, nowMs
 		if len(cur) == bucketBytes && cur[0] == bucketVersion {
 			m := int64(binary.BigEndian.Uint64(cur[1:9]))
@@ -39,24 +35,20 @@ func (c *Cache) TakeNewKey(ratePerSec, burst uint32, nowMs int64) bool {
 				last = nowMs
 			}
 		}
-		ok := milli >= 1000
-		if ok {
+		if ok = milli >= 1000; ok {
 			milli -= 1000
 		}
 		next := make([]byte, 0, bucketBytes)
 		next = append(next, bucketVersion)
 		next = binary.BigEndian.AppendUint64(next, uint64(milli))
-		next = binary.BigEndian.AppendUint64(next, uint64(last))
-		if !found {
-			cas = createCas
-		}
-		err = c.store.Set(c.bKey, next, cas)
-		if err == nil {
-			return ok
-		}
-		if !errors.Is(err, ErrCasMismatch) {
-			return true
-		}
+		return binary.BigEndian.AppendUint64(next, uint64(last))
+	})
+	switch {
+	case err == nil:
+		return ok
+	case errors.Is(err, ErrContended):
+		return false // a flood of new keys
+	default:
+		return true // shared data refused: exchanging is still correct
 	}
-	return false
 }

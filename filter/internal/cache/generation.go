@@ -23,20 +23,29 @@ func (c *Cache) Generation() uint64 {
 
 // BumpGeneration increments the word (compare-and-swap, at most MaxAttempts writes).
 func (c *Cache) BumpGeneration() error {
-	for attempt := 0; attempt < MaxAttempts; attempt++ {
-		cur, cas, err := c.store.Get(c.gKey)
+	return c.update(c.gKey, func(cur []byte) []byte {
 		var n uint64
-		switch {
-		case err == nil && len(cur) == generationBytes:
+		if len(cur) == generationBytes {
 			n = binary.BigEndian.Uint64(cur)
+		}
+		return binary.BigEndian.AppendUint64(make([]byte, 0, generationBytes), n+1)
+	})
+}
+
+// update writes next(cur) to a small key of its own with compare-and-swap, retrying lost races
+// at most MaxAttempts times (cur is nil for a missing key). Unlike apply it does not read back a
+// key it created: for the counters it serves, a concurrent creation losing one step is harmless.
+func (c *Cache) update(key string, next func(cur []byte) []byte) error {
+	for attempt := 0; attempt < MaxAttempts; attempt++ {
+		cur, cas, err := c.store.Get(key)
+		switch {
 		case err == nil:
 		case errors.Is(err, ErrNotFound):
-			cas = createCas
+			cur, cas = nil, createCas
 		default:
 			return err
 		}
-		next := binary.BigEndian.AppendUint64(make([]byte, 0, generationBytes), n+1)
-		err = c.store.Set(c.gKey, next, cas)
+		err = c.store.Set(key, next(cur), cas)
 		if err == nil {
 			return nil
 		}

@@ -382,3 +382,30 @@ func TestGeneration(t *testing.T) {
 		}
 	})
 }
+
+// The new-key bucket holds burst tokens, refills at the rate, and a foreign or future-dated
+// value reads as a full bucket: nothing in shared data can empty it for good.
+func TestNewKeyBucket(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *cachetest.Store) {
+		c := cache.New(s, ns, 1)
+		taken := 0
+		for i := 0; i < 10; i++ {
+			if c.TakeNewKey(2, 3, 1000) {
+				taken++
+			}
+		}
+		if taken != 3 {
+			t.Fatalf("took %d tokens from a burst of 3", taken)
+		}
+		if !c.TakeNewKey(2, 3, 1500) || c.TakeNewKey(2, 3, 1500) {
+			t.Fatal("2 per second: one token after 500 ms, not two")
+		}
+		s.Raw(ns+":b", []byte("\\x01garbage-garbage"))
+		if !c.TakeNewKey(2, 3, 1600) {
+			t.Fatal("a foreign value emptied the bucket")
+		}
+		if !c.TakeNewKey(0, 1, 1600) {
+			t.Fatal("rate 0 is no limit")
+		}
+	})
+}
