@@ -148,11 +148,21 @@ func (c *Config) inheritRules(set []ruleSet) {
 	}
 }
 
+// RulesUseHosts reports whether any rule has a host list: otherwise Match ignores :authority,
+// and the caller need not read it.
+func (c *Config) RulesUseHosts() bool {
+	for i := range c.Rules {
+		if len(c.Rules[i].Hosts) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Match returns the first rule matching a request's :authority and :path. Without rules every
-// request matches the tokenExchange settings (ok is true, rule nil). The path is compared as
-// Envoy hands it over, byte for byte (as Envoy's own route "prefix" does): enable
-// normalize_path and merge_slashes in the HTTP connection manager so that "//api" or "/%61pi"
-// cannot slip past a rule.
+// request matches the tokenExchange settings (ok is true, rule nil). A path matches a prefix as
+// Envoy hands it over or in its normal form (normalizePath), an authority by its host
+// (normalizeHost); see the comment above normalizePath.
 func (c *Config) Match(authority, path string) (rule *Rule, ok bool) {
 	if len(c.Rules) == 0 {
 		return nil, true

@@ -57,7 +57,10 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 
 	ex := w.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
 	if len(w.cfg.Rules) > 0 {
-		authority, _ := hdr.Get(":authority")
+		var authority string
+		if w.rulesUseHosts { // else Match ignores it: one header read less per request
+			authority, _ = hdr.Get(":authority")
+		}
 		path, _ := hdr.Get(":path")
 		rule, ok := w.cfg.Match(authority, path)
 		if !ok {

@@ -53,6 +53,8 @@ type Worker struct {
 	memo memo
 	// sealer seals what goes into shared data (package seal).
 	sealer *seal.Sealer
+	// rulesUseHosts: some rule has a host list, so :authority is read.
+	rulesUseHosts bool
 	// owner identifies this VM in leases and in the waker list.
 	owner string
 
@@ -97,6 +99,7 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 		ServiceFailureMs: saRetryMaxMs + TickMs,
 	})
 	w.redactor = oauth.NewRedactor(w.client)
+	w.rulesUseHosts = cfg.RulesUseHosts()
 	w.sealer = seal.New(cfg.ClientSecret, cfg.Namespace(), host.Random)
 	w.exchange.w = w
 	w.service.w = w

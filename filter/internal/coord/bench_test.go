@@ -1,0 +1,88 @@
+package coord
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/kagenti/token-exchange-filter/filter/config"
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache/cachetest"
+)
+
+// benchHost is the least a Worker needs to serve requests: one VM, its queue answered inline,
+// callouts answered by the benchmark.
+type benchHost struct {
+	now      int64
+	pending  func(Answer)
+	header   string
+	upstream int
+}
+
+func (h *benchHost) NowMs() int64                           { return h.now }
+func (h *benchHost) WallMs() int64                          { return 1_800_000_000_000 + h.now }
+func (h *benchHost) Random() uint64                         { return 42 }
+func (h *benchHost) RegisterQueue(string) (uint32, error)   { return 0, errors.New("no queues") }
+func (h *benchHost) ResolveQueue(string) (uint32, error)    { return 0, errors.New("no queues") }
+func (h *benchHost) Enqueue(uint32, []byte) error           { return errors.New("no queues") }
+func (h *benchHost) Dequeue(uint32) ([]byte, error)         { return nil, errors.New("empty") }
+func (h *benchHost) Focus(uint32) error                     { return nil }
+func (h *benchHost) SetRequestHeader(_, value string) error { h.header = value; return nil }
+func (h *benchHost) ResumeRequest() error                   { h.upstream++; return nil }
+func (h *benchHost) SendReply(uint32, [][2]string, []byte) error {
+	return nil
+}
+func (h *benchHost) Log(Level, string)   {}
+func (h *benchHost) Count(Metric, int64) {}
+func (h *benchHost) Dispatch(_ string, _ [][2]string, _ []byte, _ uint32, onAnswer func(Answer)) error {
+	h.pending = onAnswer
+	return nil
+}
+
+// hitWorker is a worker whose memo holds the user's exchanged token.
+func hitWorker(tb testing.TB) (*Worker, *benchHost, mapHeaders) {
+	tb.Helper()
+	cfg, err := config.Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/realms/demo/protocol/openid-connect/token",
+		"clientId":"gateway","clientSecret":"bench-secret","tokenExchange":{"enabled":true,"audience":"api"}}`), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := &benchHost{now: 1000}
+	w := NewWorker(h, cfg, cachetest.NewEnvoyStore())
+	hdr := mapHeaders{"x-user-oidc-token": userToken(7)}
+	if a := w.NewRequest(1).OnRequestHeaders(hdr); a != Pause || h.pending == nil {
+		tb.Fatalf("the first request was not held for an exchange (%v)", a)
+	}
+	h.pending(Answer{NumHeaders: 3, Status: 200, Body: []byte(`{"access_token":"xtok-bench","expires_in":300}`)})
+	if h.header != "Bearer xtok-bench" {
+		tb.Fatalf("first request got %q", h.header)
+	}
+	return w, h, hdr
+}
+
+// A memo hit allocates nothing: no hashing, no decoding, the "Bearer …" value ready.
+func TestMemoHitAllocatesNothing(t *testing.T) {
+	w, h, hdr := hitWorker(t)
+	tok := userToken(7)
+	req := w.NewRequest(2) // a stream's state is allocated once, when the stream starts
+	allocs := testing.AllocsPerRun(200, func() {
+		hdr["x-user-oidc-token"] = tok
+		*req = Request{id: 2, w: w}
+		if req.OnRequestHeaders(hdr) != Continue || h.header != "Bearer xtok-bench" {
+			t.Fatal("not a hit")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a memo hit allocates %.1f times", allocs)
+	}
+}
+
+func BenchmarkMemoHit(b *testing.B) {
+	w, _, hdr := hitWorker(b)
+	tok := userToken(7)
+	req := w.NewRequest(2)
+	b.ReportAllocs()
+	for b.Loop() {
+		hdr["x-user-oidc-token"] = tok
+		*req = Request{id: 2, w: w}
+		req.OnRequestHeaders(hdr)
+	}
+}
