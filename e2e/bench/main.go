@@ -77,7 +77,7 @@ const (
 	// readmeBound is the README's bound for the default 1024 slots (cache.SharedBytesBound(1024,
 	// len(namespace)) with the namespace of a default configuration).
 	readmeBound = 33_725_071 // keep in step with README and cache.TestSharedBytesBoundValue
-	slots       = 1024 // the default cacheSlots: the configuration below leaves it unset
+	slots       = 1024       // the default cacheSlots: the configuration below leaves it unset
 )
 
 // Result is build/bench.json.
