@@ -53,9 +53,10 @@ func (s *exchangeSource) noteInvalidToken(key string, fail *oauth.Failure) {
 func (s *exchangeSource) claim(f *flight.Flight, now int64) bool {
 	// One exchange per key for the whole Envoy: claim the key's lease first. If another
 	// worker holds it, wait for its result; if the result is already there, use it.
+	generation := s.w.Cache.Generation() // before the read: see memo.go
 	won, cur, err := s.w.Cache.TryLease(cacheKey(f.Key), s.w.owner, f.DeadlineMs, now)
 	if err == nil && !won {
-		s.settleFromCache(f, cur)
+		s.settleFromCache(f, cur, generation)
 		return false
 	}
 	// err != nil: shared data refused; exchanging without a lease is still correct.
@@ -139,14 +140,14 @@ func (s *exchangeSource) backOff(k cache.Key, fail *oauth.Failure, now int64) st
 
 // settleFromCache ends flight f with what another worker left in shared data: its token, its
 // failure, or — while its lease runs — nothing yet, and f waits for it.
-func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup) {
+func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup, generation uint64) {
 	w := s.w
 	switch cur.State {
 	case cache.Hit:
-		token, _, ok := s.open(f.Key, cur)
+		token, untilMs, ok := s.open(f.Key, cur)
 		switch {
 		case ok:
-			w.settleEach(f, func(req *Request) { req.useBearer("Bearer "+token, f.Key, cur.Token, "") })
+			w.settleEach(f, func(req *Request) { req.useExchanged(token, cur.Token, f.Key, untilMs, generation) })
 		case !s.retrying:
 			// The forged entry is gone: exchange for real (once; a neighbour writing it back
 			// at once fails the flight rather than looping).
@@ -185,10 +186,11 @@ func (s *exchangeSource) open(key string, cur cache.Lookup) (string, int64, bool
 }
 
 func (s *exchangeSource) poll(f *flight.Flight, now int64) {
+	generation := s.w.Cache.Generation() // before the read: see memo.go
 	cur := s.w.Cache.Look(cacheKey(f.Key), now)
 	switch cur.State {
 	case cache.Hit, cache.Failed:
-		s.settleFromCache(f, cur)
+		s.settleFromCache(f, cur, generation)
 	case cache.Miss:
 		s.w.takeOver(f, now)
 	}
