@@ -119,6 +119,15 @@ func b2u(b bool) uint64 {
 	return 0
 }
 
+// mayCall enforces the restricted-callback rule for the host function full ("module.name").
+func (v *vm) mayCall(full string) error {
+	if v.restrict != nil && !v.restrict[full] {
+		v.h.addLog(LogError, v.worker, "restricted host call: "+full, true)
+		return errRestricted
+	}
+	return nil
+}
+
 // registerHostModules instantiates env, wasi_unstable and wasi_snapshot_preview1 in rt. Every
 // function first enforces the restricted-callback rule (a trap named "restricted_callback").
 func registerHostModules(ctx context.Context, rt wazero.Runtime) error {
@@ -132,9 +141,8 @@ func registerHostModules(ctx context.Context, rt wazero.Runtime) error {
 		full, impl := module+"."+f.name, f.fn
 		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, _ api.Module, stack []uint64) {
 			v := ctx.Value(vmKey{}).(*vm)
-			if v.restrict != nil && !v.restrict[full] {
-				v.h.addLog(LogError, v.worker, "restricted host call: "+full, true)
-				panic(errRestricted)
+			if err := v.mayCall(full); err != nil {
+				panic(err)
 			}
 			impl(v, stack)
 		}), f.params, f.results).Export(f.name)

@@ -117,6 +117,11 @@ type Config struct {
 	// on_done and on_delete, DeferredLogDelay (default 20ms) later.
 	DeferredLog      bool
 	DeferredLogDelay time.Duration
+	// LegacyCppHost imitates the proxy-wasm-cpp-host of Envoys before commit 94091cd (PR #533):
+	// poll_oneoff answers ENOSYS, and it is not allowed while the host runs the module's
+	// allocator ("restricted_callback"). An unpatched Go runtime throws on the first (netpoll,
+	// usleep) and traps on the second when a GC the allocation triggers sleeps or polls.
+	LegacyCppHost bool
 	// TraceCalls records every outermost call into a module as a host log line
 	// "call <export> <context id>", so tests can check the order of callbacks among the logs.
 	TraceCalls bool

@@ -81,8 +81,13 @@ var startAllowed = allowSet([]string{"env.emscripten_notify_memory_growth", "env
 	"path_filestat_set_times", "path_link", "path_readlink", "path_remove_directory", "path_rename",
 	"path_symlink", "path_unlink_file", "sock_accept", "sock_recv", "sock_send", "sock_shutdown")
 
-// Host calls allowed while the host runs the module's allocator: WasmBase::allocMemory.
-var allocAllowed = allowSet([]string{"env.proxy_log"}, "fd_write", "clock_time_get", "poll_oneoff")
+// Host calls allowed while the host runs the module's allocator: WasmBase::allocMemory. Before
+// proxy-wasm-cpp-host 94091cd (PR #533) poll_oneoff was not among them, so a GC the allocation
+// triggers and that sleeps or polls trapped (Config.LegacyCppHost).
+var (
+	allocAllowed       = allowSet([]string{"env.proxy_log"}, "fd_write", "clock_time_get", "poll_oneoff")
+	legacyAllocAllowed = allowSet([]string{"env.proxy_log"}, "fd_write", "clock_time_get")
+)
 
 func allowSet(env []string, wasi ...string) map[string]bool {
 	m := map[string]bool{}
@@ -520,6 +525,14 @@ func (v *vm) copyOut(data []byte, ptrPtr, sizePtr uint32) uint32 {
 	return statusOK
 }
 
+// allocRestriction is the set of host calls allowed inside the allocator.
+func (v *vm) allocRestriction() map[string]bool {
+	if v.h.cfg.LegacyCppHost {
+		return legacyAllocAllowed
+	}
+	return allocAllowed
+}
+
 // alloc calls the module's allocator with the host calls restricted as WasmBase::allocMemory
 // does. A trap in it aborts the host call that needed memory, and with it the callback.
 func (v *vm) alloc(size uint32) (uint32, bool) {
@@ -527,7 +540,7 @@ func (v *vm) alloc(size uint32) (uint32, bool) {
 		return 0, false
 	}
 	prev := v.restrict
-	v.restrict = allocAllowed
+	v.restrict = v.allocRestriction()
 	res, err := v.malloc.Call(v.ctx, uint64(size))
 	v.restrict = prev
 	if err != nil {
