@@ -16,7 +16,9 @@
 // pthread_equal, emscripten_notify_memory_growth, and FOR_ALL_WASI_FUNCTIONS under both
 // wasi_unstable and wasi_snapshot_preview1, with Envoy's WASI behaviour: stdout and stderr
 // become log lines (info, error; one per fd_write), environment variables come from the VM
-// configuration, no arguments, files or sockets, poll_oneoff returns at once.
+// configuration, no arguments, files or sockets, poll_oneoff returns at once (Envoy ≥ 1.39).
+// Config.LegacyCppHost imitates the cpp-host before 94091cd: poll_oneoff answers ENOSYS and is
+// not allowed inside the allocator.
 //
 // Start-up: _initialize runs with only logging, clock, random, args, environment and inert
 // WASI calls allowed (WasmBase::startVm); any other host call traps with
