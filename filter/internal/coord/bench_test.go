@@ -2,6 +2,7 @@ package coord
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/kagenti/token-exchange-filter/filter/config"
@@ -84,5 +85,24 @@ func BenchmarkMemoHit(b *testing.B) {
 		hdr["x-user-oidc-token"] = tok
 		*req = Request{id: 2, w: w}
 		req.OnRequestHeaders(hdr)
+	}
+}
+
+// The memo stays within its byte budget whatever the token sizes, and within its entry count.
+func TestMemoIsBounded(t *testing.T) {
+	var m memo
+	for i := 0; i < 5000; i++ {
+		tok := userToken(i%256) + strings.Repeat("p", i%5000)
+		m.put(memoKey{userToken: tok, audience: "api"}, &memoEntry{bearer: "Bearer " + tok, token: tok, key: "k", untilMs: 1 << 40})
+		if m.bytes > maxMemoBytes || len(m.entries) > maxMemoEntries {
+			t.Fatalf("after %d puts: %d bytes in %d entries", i+1, m.bytes, len(m.entries))
+		}
+	}
+	sum := 0
+	for k, e := range m.entries {
+		sum += entryBytes(k, e)
+	}
+	if sum != m.bytes {
+		t.Fatalf("accounting: %d bytes counted, %d held", m.bytes, sum)
 	}
 }

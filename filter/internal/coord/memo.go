@@ -8,8 +8,13 @@ package coord
 // until the earlier of the token's and the user token's own expiry. Keys are exact strings, so
 // an entry can only ever answer the very token it was made for.
 
-// maxMemoEntries bounds the memo (entries hold two token-sized strings, ~3 KB for Keycloak's).
-const maxMemoEntries = 256
+// The memo is bounded by entries and by bytes (an entry holds the user token, the "Bearer …"
+// value and the sealed entry: ~3 KB with Keycloak's tokens, much more with padded ones), so
+// that a VM's memory does not grow with token sizes.
+const (
+	maxMemoEntries = 1024
+	maxMemoBytes   = 512 << 10
+)
 
 type memoKey struct{ userToken, audience, scope string }
 
@@ -21,7 +26,14 @@ type memoEntry struct {
 	generation uint64 // the generation word when the token was read
 }
 
-type memo struct{ entries map[memoKey]*memoEntry }
+type memo struct {
+	entries map[memoKey]*memoEntry
+	bytes   int // what the entries' strings hold
+}
+
+func entryBytes(k memoKey, e *memoEntry) int {
+	return len(k.userToken) + len(k.audience) + len(k.scope) + len(e.bearer) + len(e.token) + len(e.key)
+}
 
 func (m *memo) get(k memoKey, nowMs int64, generation uint64) (*memoEntry, bool) {
 	e, ok := m.entries[k]
@@ -29,23 +41,34 @@ func (m *memo) get(k memoKey, nowMs int64, generation uint64) (*memoEntry, bool)
 		return nil, false
 	}
 	if nowMs >= e.untilMs || e.generation != generation {
-		delete(m.entries, k)
+		m.forget(k)
 		return nil, false
 	}
 	return e, true
 }
 
 func (m *memo) put(k memoKey, e *memoEntry) {
+	n := entryBytes(k, e)
+	if n > maxMemoBytes/8 {
+		return // one huge token must not empty the memo
+	}
 	if m.entries == nil {
 		m.entries = make(map[memoKey]*memoEntry)
 	}
-	if _, ok := m.entries[k]; !ok && len(m.entries) >= maxMemoEntries {
+	m.forget(k)
+	for len(m.entries) > 0 && (len(m.entries) >= maxMemoEntries || m.bytes+n > maxMemoBytes) {
 		for old := range m.entries { // a random one: Go's map order
-			delete(m.entries, old)
+			m.forget(old)
 			break
 		}
 	}
 	m.entries[k] = e
+	m.bytes += n
 }
 
-func (m *memo) forget(k memoKey) { delete(m.entries, k) }
+func (m *memo) forget(k memoKey) {
+	if e, ok := m.entries[k]; ok {
+		m.bytes -= entryBytes(k, e)
+		delete(m.entries, k)
+	}
+}
