@@ -1,6 +1,11 @@
 # The two commands a newcomer needs: `make run` and `make test`. Everything else is for developers.
 GO        ?= go
 WASM      := build/plugin.wasm
+# The module is built with one pinned toolchain (the go command fetches it through the module
+# proxy where another is installed): the runtime patch's anchors then always match, and the same
+# source gives the same module everywhere. COMPAT=0 builds without the patch (Envoy ≥ 1.39 only).
+WASM_TOOLCHAIN ?= go1.26.8
+COMPAT    ?= 1
 FUZZTIME  ?= 30s
 # Fuzz targets run longer by `make fuzz`; `make test` runs only their seed corpora.
 FUZZ_TARGETS := \
@@ -20,11 +25,17 @@ OCI_OUT   := build/oci
 
 all: build
 
-## build: compile the filter to build/plugin.wasm with upstream Go (no TinyGo), then drop the body
-## and trailer callback exports (Envoy then never enters the VM per body chunk; internal/wasmstrip)
+## build: compile the filter to build/plugin.wasm with upstream Go (no TinyGo) and the runtime patch
+## for older Envoys (internal/compat; COMPAT=0 without), then drop the body and trailer callback
+## exports (Envoy then never enters the VM per body chunk; internal/wasmstrip)
 build:
 	@mkdir -p build
-	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -o $(WASM) ./filter
+ifeq ($(COMPAT),0)
+	GOTOOLCHAIN=$(WASM_TOOLCHAIN) GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -trimpath -o $(WASM) ./filter
+else
+	GOTOOLCHAIN=$(WASM_TOOLCHAIN) $(GO) run ./cmd/compat-overlay -out build/compat >/dev/null
+	GOTOOLCHAIN=$(WASM_TOOLCHAIN) GOOS=wasip1 GOARCH=wasm $(GO) build -overlay build/compat/overlay.json -buildmode=c-shared -trimpath -o $(WASM) ./filter
+endif
 	$(GO) run ./cmd/wasm-strip $(WASM)
 	@echo "built $(WASM) ($$(wc -c < $(WASM)) bytes)"
 

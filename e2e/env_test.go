@@ -51,6 +51,8 @@ type envOptions struct {
 	deferredLog bool
 	// pluginFor, when set, makes the plugin fragment from the IdP's issuer (instead of plugin).
 	pluginFor func(issuer string) string
+	// legacyHost runs the proxy as an Envoy whose proxy-wasm-cpp-host predates 94091cd.
+	legacyHost bool
 }
 
 const (
@@ -114,6 +116,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		PluginConfig:    fill(o.plugin),
 		Plugins:         more,
 		DeferredLog:     o.deferredLog,
+		LegacyCppHost:   o.legacyHost,
 		VMID:            vmID,
 		RootID:          "token-exchange",
 		PluginName:      "token-exchange",

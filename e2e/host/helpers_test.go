@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kagenti/token-exchange-filter/internal/compat"
 	"github.com/kagenti/token-exchange-filter/internal/wasmbuild"
 )
 
@@ -29,8 +30,17 @@ var guests = sync.OnceValues(func() (map[string][]byte, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return nil, err
+	}
+	overlay, err := compat.Overlay(strings.TrimSpace(string(goroot)), filepath.Join(dir, "compat"))
+	if err != nil {
+		return nil, err
+	}
 	builds := map[string][]string{
-		"probe":     {"-buildmode=c-shared", "./testdata/probe"},
+		"probe":        {"-buildmode=c-shared", "./testdata/probe"},
+		"probe-compat": {"-buildmode=c-shared", "-overlay", overlay, "./testdata/probe"}, // the filter's runtime patch
 		"forbidden": {"-buildmode=c-shared", "./testdata/forbidden"},
 		"command":   {"./testdata/probe"}, // no c-shared: a WASI command whose _start exits
 	}

@@ -24,6 +24,21 @@ func TestLegacyHostPollOneoffIsENOSYS(t *testing.T) {
 	}
 }
 
+// The filter's runtime patch (internal/compat) makes the same guest survive the legacy host:
+// the sleep and the collection make no poll_oneoff call at all.
+func TestCompatRuntimeSurvivesLegacyHost(t *testing.T) {
+	cfg := Config{Workers: 1, LegacyCppHost: true, Module: guest(t, "probe-compat")}
+	h := start(t, cfg)
+	for i := 0; i < 3; i++ {
+		if r := probe(t, h, "sleep", nil); r.status != http.StatusOK || r.body != "slept" {
+			t.Fatalf("round %d: %d %q", i, r.status, r.body)
+		}
+	}
+	if h.Failed(0) {
+		t.Fatal("the patched runtime trapped")
+	}
+}
+
 // Before 94091cd, poll_oneoff was not among the calls allowed while the host runs the module's
 // allocator (WasmBase::allocMemory): made there, it traps "restricted_callback". The probe's
 // allocator never polls, so the rule is checked where the host applies it.

@@ -9,27 +9,51 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
+	"github.com/kagenti/token-exchange-filter/internal/compat"
 	"github.com/kagenti/token-exchange-filter/internal/wasmstrip"
 )
 
 // EnvVar names the variable `make test` sets to build/plugin.wasm.
 const EnvVar = "TOKEN_EXCHANGE_WASM"
 
+// Toolchain is the Go toolchain the module is built with (the Makefile's WASM_TOOLCHAIN; a test
+// keeps them equal).
+const Toolchain = "go1.26.8"
+
 // Module returns the compiled filter, building it at most once per process.
 var Module = sync.OnceValues(func() ([]byte, error) {
 	if p := os.Getenv(EnvVar); p != "" {
 		return os.ReadFile(p)
 	}
+	return Build()
+})
+
+// Build compiles the filter as make build does: the pinned toolchain, the runtime patch for
+// older Envoys (internal/compat), then the body and trailer exports dropped (internal/wasmstrip).
+func Build() ([]byte, error) {
 	dir, err := os.MkdirTemp("", "token-exchange-wasm")
 	if err != nil {
 		return nil, err
 	}
+	defer os.RemoveAll(dir)
+	env := append(os.Environ(), "GOTOOLCHAIN="+Toolchain)
+	gorootCmd := exec.Command("go", "env", "GOROOT")
+	gorootCmd.Env = env
+	goroot, err := gorootCmd.Output()
+	if err != nil {
+		return nil, err
+	}
+	overlay, err := compat.Overlay(strings.TrimSpace(string(goroot)), filepath.Join(dir, "compat"))
+	if err != nil {
+		return nil, err
+	}
 	out := filepath.Join(dir, "plugin.wasm")
-	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-o", out, "./filter")
+	cmd := exec.Command("go", "build", "-overlay", overlay, "-buildmode=c-shared", "-trimpath", "-o", out, "./filter")
 	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	cmd.Env = append(env, "GOOS=wasip1", "GOARCH=wasm")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the wasm module: %v\n%s", err, b)
 	}
@@ -37,8 +61,8 @@ var Module = sync.OnceValues(func() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return wasmstrip.Strip(mod, wasmstrip.BodyAndTrailerCallbacks) // as make build does
-})
+	return wasmstrip.Strip(mod, wasmstrip.BodyAndTrailerCallbacks)
+}
 
 // RepoRoot is the repository's top directory.
 func RepoRoot() string {

@@ -1,0 +1,33 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/kagenti/token-exchange-filter/e2e/idp"
+)
+
+// On an Envoy whose proxy-wasm-cpp-host predates 94091cd (poll_oneoff is ENOSYS, and forbidden
+// inside the allocator) the module serves users with large tokens, many garbage collections'
+// worth, without a trap. The filter itself starts no timer, so today's runtime rarely reaches
+// poll_oneoff (e2e/host's probe shows what happens when it does, and that the filter's runtime
+// patch prevents it); this keeps the module honest should it ever start one.
+func TestE2E_LegacyEnvoyServesWithoutTrap(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2, legacyHost: true, plugin: exchangeUnlimited})
+	e.serviceTokenReady()
+	padding := strings.Repeat("x", 4000)
+	for i := 0; i < 300; i++ {
+		name := fmt.Sprintf("legacy-user-%d", i)
+		if err := e.idp.AddUser(idp.User{Username: name, Password: "pw"}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := e.idp.MintUserTokenWith(name, uiClient, idp.MintOptions{Claims: map[string]any{"padding": padding}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.remember(tok)
+		e.wantUserToken(e.get("/api", tok), name)
+	}
+	// newEnv's cleanup fails the test on any trap the host reported.
+}
