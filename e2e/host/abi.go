@@ -195,7 +195,16 @@ var moduleCallbacks = map[string][2][]api.ValueType{
 // checkModule does what Envoy does before it runs a module: find the ABI version, find the
 // allocator, check callback signatures, and check that every import is provided with the same
 // signature (v8.cc V8::link). It reports the first problem in Envoy's words.
-func checkModule(cm wazero.CompiledModule) (string, error) {
+// legacyWASI is FOR_ALL_WASI_FUNCTIONS of proxy-wasm-cpp-host before 94091cd (its parent,
+// include/proxy-wasm/exports.h): the WASI functions an older Envoy provides. 94091cd added the
+// rest of WASI preview 1 (path_*, fd_filestat_*, sock_*, ...).
+var legacyWASI = map[string]bool{"args_get": true, "args_sizes_get": true, "clock_time_get": true,
+	"environ_get": true, "environ_sizes_get": true, "fd_close": true, "fd_fdstat_get": true,
+	"fd_fdstat_set_flags": true, "fd_prestat_dir_name": true, "fd_prestat_get": true, "fd_read": true,
+	"fd_seek": true, "fd_write": true, "path_open": true, "poll_oneoff": true, "proc_exit": true,
+	"random_get": true, "sched_yield": true}
+
+func checkModule(cm wazero.CompiledModule, legacy bool) (string, error) {
 	exports := cm.ExportedFunctions()
 	abi := ""
 	for _, v := range []string{abi021, abi020, abi010} {
@@ -225,6 +234,9 @@ func checkModule(cm wazero.CompiledModule) (string, error) {
 			continue
 		}
 		if f.module == "wasi" {
+			if legacy && !legacyWASI[f.name] {
+				continue
+			}
 			provided["wasi_unstable."+f.name] = f
 			provided["wasi_snapshot_preview1."+f.name] = f
 		} else {

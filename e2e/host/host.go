@@ -242,7 +242,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		return fail(fmt.Errorf("Failed to load Wasm bytecode: %w", err))
 	}
 	h.compiled = compiled
-	if _, err := checkModule(compiled); err != nil {
+	if _, err := checkModule(compiled, cfg.LegacyCppHost); err != nil {
 		return fail(err)
 	}
 	if err := registerHostModules(h.ctx, h.rt); err != nil {

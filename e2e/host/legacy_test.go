@@ -1,6 +1,8 @@
 package host
 
 import (
+	"context"
+	"github.com/tetratelabs/wazero"
 	"net/http"
 	"strings"
 	"testing"
@@ -59,4 +61,26 @@ func TestLegacyHostRestrictsPollDuringAllocation(t *testing.T) {
 			t.Errorf("legacy=%v: inside the allocator poll_oneoff %v, fd_write %v", legacy, errPoll, errWrite)
 		}
 	}
+}
+
+// An older Envoy provides only part of WASI preview 1: a module importing more fails to load
+// there ("missing import"), while the compiled filter loads.
+func TestLegacyHostProvidesOnlyItsWASI(t *testing.T) {
+	mod := wasmModule(imp{"wasi_snapshot_preview1", "fd_datasync", typeI32I32}, []export{
+		{"proxy_abi_version_0_2_0", 0}, {"proxy_on_memory_allocate", 1}})
+	rt := wazero.NewRuntime(context.Background())
+	defer rt.Close(context.Background())
+	cm, err := rt.CompileModule(context.Background(), mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := checkModule(cm, false); err != nil {
+		t.Fatalf("modern host: %v", err)
+	}
+	if _, err := checkModule(cm, true); err == nil || !strings.Contains(err.Error(), "missing import: wasi_snapshot_preview1.fd_datasync") {
+		t.Fatalf("legacy host: %v", err)
+	}
+	start(t, Config{Workers: 1, LegacyCppHost: true, Module: realFilter(t),
+		PluginConfig: []byte(`{"tokenEndpoint":"http://idp.example/token","cluster":"idp","clientId":"c","clientSecret":"s"}`),
+		Clusters:     map[string]string{"idp": "127.0.0.1:1"}})
 }

@@ -69,7 +69,7 @@ func TestRealFilterImportsAreProvided(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	abi, err := checkModule(cm)
+	abi, err := checkModule(cm, false)
 	if err != nil {
 		t.Fatal(err)
 	}
