@@ -41,8 +41,8 @@ var guests = sync.OnceValues(func() (map[string][]byte, error) {
 	builds := map[string][]string{
 		"probe":        {"-buildmode=c-shared", "./testdata/probe"},
 		"probe-compat": {"-buildmode=c-shared", "-overlay", overlay, "./testdata/probe"}, // the filter's runtime patch
-		"forbidden": {"-buildmode=c-shared", "./testdata/forbidden"},
-		"command":   {"./testdata/probe"}, // no c-shared: a WASI command whose _start exits
+		"forbidden":    {"-buildmode=c-shared", "./testdata/forbidden"},
+		"command":      {"./testdata/probe"}, // no c-shared: a WASI command whose _start exits
 	}
 	out := map[string][]byte{}
 	var mu sync.Mutex
