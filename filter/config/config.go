@@ -46,7 +46,7 @@ type Endpoint struct {
 // Exchange holds the tokenExchange block.
 type Exchange struct {
 	Enabled               bool
-	Audience              string // defaults to ClientID
+	Audience              string // "" = none requested (Keycloak issues every mapped audience)
 	Scope                 string // empty = not sent
 	UserTokenHeader       string // lower-case; defaults to DefaultUserTokenHeader
 	RemoveUserTokenHeader bool   // defaults to true

@@ -111,8 +111,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.warns.warn(w, "repeated-user-token", now, "a request carried "+ex.UserTokenHeader+" more than once; "+w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
-	switch {
-	case !oauth.ValidUserToken(token):
+	if !oauth.ValidUserToken(token) {
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
 			" is over 16 KiB or has characters outside the token alphabet; "+w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
