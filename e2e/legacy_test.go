@@ -8,11 +8,12 @@ import (
 	"github.com/kagenti/token-exchange-filter/e2e/idp"
 )
 
-// On an Envoy whose proxy-wasm-cpp-host predates 94091cd (poll_oneoff is ENOSYS, and forbidden
-// inside the allocator) the module serves users with large tokens, many garbage collections'
-// worth, without a trap. The filter itself starts no timer, so today's runtime rarely reaches
-// poll_oneoff (e2e/host's probe shows what happens when it does, and that the filter's runtime
-// patch prevents it); this keeps the module honest should it ever start one.
+// On an Envoy whose proxy-wasm-cpp-host predates 94091cd (its smaller WASI list, poll_oneoff
+// ENOSYS and forbidden inside the allocator) the module loads and serves users with large
+// tokens, many garbage collections' worth, without a trap. It fails if the module ever imports
+// what that host lacks, or calls poll_oneoff on a path the runtime patch does not cover. Note
+// that the filter starts no timer, so even an unpatched runtime rarely reaches poll_oneoff
+// here: e2e/host's probe shows the trap and the patch's fix (TestCompatRuntimeSurvivesLegacyHost).
 func TestE2E_LegacyEnvoyServesWithoutTrap(t *testing.T) {
 	e := newEnv(t, envOptions{workers: 2, legacyHost: true, plugin: exchangeUnlimited})
 	e.serviceTokenReady()

@@ -616,7 +616,11 @@ func (h *Host) SharedDataBytes() int { b, _ := h.shared.size(); return b }
 func (h *Host) QueueItems() (items, bytes int) { return h.queues.size() }
 
 // Reconfigure updates the configuration of plugin i (0: Config's own, then Config.Plugins) as
-// Envoy does when only the plugin configuration changes: a canary VM is started and configured
+// Envoy does when only the plugin configuration changes (proxy-wasm-cpp-host src/wasm.cc: the
+// thread-local Wasm is keyed by vm_key, which the plugin configuration is not part of;
+// WasmBase::start creates a root context per plugin key, its id from allocContextId, which never
+// reuses one; the canary runs per plugin key, plugin_canary_cache_; dropping the old plugin
+// handle calls startShutdown, on_done then on_delete): a canary VM is started and configured
 // with it and dropped, then every VM gets a new root context for it (a fresh id,
 // on_configure) and the old root context gets on_done and on_delete. New requests go to the new
 // root; a VM whose new configuration fails keeps serving none (it fails).

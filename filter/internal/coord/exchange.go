@@ -24,6 +24,22 @@ type exchangeSource struct {
 	retrying bool
 }
 
+// The exchange back-off window: failureBackoffMs doubled per consecutive failure at most
+// backoffDoublings times, configurationBackoffFactor times longer for configuration failures,
+// never past config.MaxFailureBackoffMs.
+const (
+	backoffDoublings           = 4
+	configurationBackoffFactor = 8
+)
+
+// longestBackoffMs is the longest window this configuration writes (0: back-off is off).
+func longestBackoffMs(cfg *config.Config) int64 {
+	if cfg.FailureBackoffMs == 0 {
+		return 0
+	}
+	return min(int64(cfg.FailureBackoffMs)<<backoffDoublings*configurationBackoffFactor, int64(config.MaxFailureBackoffMs))
+}
+
 // invalidTokenStreak is how many different user tokens refused in a row as "Invalid token"
 // make a set-up problem likelier than users who all logged out.
 const invalidTokenStreak = 8
@@ -126,9 +142,9 @@ func (s *exchangeSource) backOff(k cache.Key, fail *oauth.Failure, now int64) st
 		return ""
 	}
 	failures := w.Cache.Look(k, now).Failures // 0..16, read back from shared data
-	window := base << uint(min(failures, 4))
+	window := base << uint(min(failures, backoffDoublings))
 	if fail.Class == oauth.Configuration {
-		window *= 8
+		window *= configurationBackoffFactor
 	}
 	window = min(window, int64(config.MaxFailureBackoffMs))
 	if _, err := w.Cache.PutFailure(k, fail.StrictStatus(), now+window, now); err != nil {

@@ -89,9 +89,9 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 		held:     map[uint32]*Request{},
 	}
 	// Markers read from shared data count only as far ahead as this configuration writes them.
-	failureCap := int64(1) // back-off off: any failure marker is someone else's
-	if cfg.FailureBackoffMs > 0 {
-		failureCap = min(int64(cfg.FailureBackoffMs)<<4*8, int64(config.MaxFailureBackoffMs))
+	failureCap := longestBackoffMs(cfg)
+	if failureCap == 0 {
+		failureCap = 1 // back-off off: any failure marker is someone else's
 	}
 	w.Cache.SetMarkerCaps(cache.MarkerCaps{
 		LeaseMs:          int64(cfg.TimeoutMs) + FlightGraceMs + TickMs,

@@ -57,9 +57,3 @@ func ReadUserClaims(token string) UserClaims {
 	}
 	return c
 }
-
-// UserTokenExpiry is the exp of a JWT user token (see ReadUserClaims).
-func UserTokenExpiry(token string) (expSec int64, ok bool) {
-	c := ReadUserClaims(token)
-	return c.Exp, c.HasExp
-}

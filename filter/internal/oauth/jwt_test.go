@@ -34,7 +34,8 @@ func TestUserTokenExpiry(t *testing.T) {
 		{"payload not base64url", "a.!!!.c", 0, false},
 	}
 	for _, tc := range cases {
-		exp, ok := UserTokenExpiry(tc.token)
+		c := ReadUserClaims(tc.token)
+		exp, ok := c.Exp, c.HasExp
 		if exp != tc.exp || ok != tc.ok {
 			t.Errorf("%s: got %d %v, want %d %v", tc.name, exp, ok, tc.exp, tc.ok)
 		}
@@ -45,8 +46,8 @@ func FuzzUserTokenExpiry(f *testing.F) {
 	f.Add(jwtWith(`{"exp":1764680000}`))
 	f.Add("a.b.c")
 	f.Fuzz(func(t *testing.T, tok string) {
-		if exp, ok := UserTokenExpiry(tok); ok && exp < 0 {
-			t.Fatalf("negative exp %d accepted", exp)
+		if c := ReadUserClaims(tok); c.HasExp && c.Exp < 0 {
+			t.Fatalf("negative exp %d accepted", c.Exp)
 		}
 	})
 }
