@@ -12,8 +12,8 @@ import (
 // ENOSYS and forbidden inside the allocator) the module loads and serves users with large
 // tokens, many garbage collections' worth, without a trap. It fails if the module ever imports
 // what that host lacks, or calls poll_oneoff on a path the runtime patch does not cover. Note
-// that the filter starts no timer, so even an unpatched runtime rarely reaches poll_oneoff
-// here: e2e/host's probe shows the trap and the patch's fix (TestCompatRuntimeSurvivesLegacyHost).
+// that the filter starts no timer, so even an unpatched runtime does not reach poll_oneoff
+// here: TestE2E_GCPressureNeedsTheRuntimePatch arms one to show the trap and the patch's fix.
 func TestE2E_LegacyEnvoyServesWithoutTrap(t *testing.T) {
 	e := newEnv(t, envOptions{workers: 2, legacyHost: true, plugin: exchangeUnlimited})
 	e.serviceTokenReady()
@@ -29,6 +29,9 @@ func TestE2E_LegacyEnvoyServesWithoutTrap(t *testing.T) {
 		}
 		e.remember(tok)
 		e.wantUserToken(e.get("/api", tok), name)
+	}
+	if n := e.proxy.PollOneoffCalls(); n != 0 {
+		t.Errorf("the module called poll_oneoff %d times", n)
 	}
 	// newEnv's cleanup fails the test on any trap the host reported.
 }

@@ -170,6 +170,7 @@ type Host struct {
 	metrics *metrics
 	timing  moduleTiming
 	vmSeq   atomic.Int64
+	polls   atomic.Int64 // poll_oneoff calls by any VM
 	rr      atomic.Uint64
 	workers []*slot
 	main    *vm
@@ -673,6 +674,11 @@ func (h *Host) DeadQueues() int { n, _ := h.queues.dead(); return n }
 
 // DeadQueueItems is the number of items waiting in dead queues (see DeadQueues).
 func (h *Host) DeadQueueItems() int { _, n := h.queues.dead(); return n }
+
+// PollOneoffCalls is how many times any VM called WASI poll_oneoff: the call an Envoy before
+// proxy-wasm-cpp-host 94091cd answers ENOSYS and forbids inside the allocator. The filter's
+// runtime patch (internal/compat) keeps it at zero.
+func (h *Host) PollOneoffCalls() int64 { return h.polls.Load() }
 
 // SharedDataKeys is the number of keys in shared data (every vm_id).
 func (h *Host) SharedDataKeys() int { _, k := h.shared.size(); return k }

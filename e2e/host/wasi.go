@@ -211,6 +211,7 @@ func wasiFuncs() []hostFunc {
 		}),
 		f("sched_yield", nil, errno(errnoSuccess)),
 		f("poll_oneoff", ints(4), func(v *vm, s []uint64) uint32 {
+			v.h.polls.Add(1)
 			if v.h.cfg.LegacyCppHost {
 				return errnoNosys // before proxy-wasm-cpp-host 94091cd: not implemented
 			}

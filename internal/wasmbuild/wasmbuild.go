@@ -33,25 +33,44 @@ var Module = sync.OnceValues(func() ([]byte, error) {
 
 // Build compiles the filter as make build does: the pinned toolchain, the runtime patch for
 // older Envoys (internal/compat), then the body and trailer exports dropped (internal/wasmstrip).
-func Build() ([]byte, error) {
+func Build() ([]byte, error) { return BuildWith(Options{Compat: true}) }
+
+// Options vary a build for tests that compare variants.
+type Options struct {
+	// Compat applies the runtime patch for Envoys before proxy-wasm-cpp-host 94091cd
+	// (make build's default; COMPAT=0 is false).
+	Compat bool
+	// Tags are extra build tags (e.g. the filter's netpollprobe).
+	Tags []string
+}
+
+// BuildWith compiles the filter like Build, with the given variations.
+func BuildWith(o Options) ([]byte, error) {
 	dir, err := os.MkdirTemp("", "token-exchange-wasm")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	env := append(os.Environ(), "GOTOOLCHAIN="+Toolchain)
-	gorootCmd := exec.Command("go", "env", "GOROOT")
-	gorootCmd.Env = env
-	goroot, err := gorootCmd.Output()
-	if err != nil {
-		return nil, err
+	args := []string{"build", "-buildmode=c-shared", "-trimpath"}
+	if o.Compat {
+		gorootCmd := exec.Command("go", "env", "GOROOT")
+		gorootCmd.Env = env
+		goroot, err := gorootCmd.Output()
+		if err != nil {
+			return nil, err
+		}
+		overlay, err := compat.Overlay(strings.TrimSpace(string(goroot)), filepath.Join(dir, "compat"))
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "-overlay", overlay)
 	}
-	overlay, err := compat.Overlay(strings.TrimSpace(string(goroot)), filepath.Join(dir, "compat"))
-	if err != nil {
-		return nil, err
+	if len(o.Tags) > 0 {
+		args = append(args, "-tags", strings.Join(o.Tags, ","))
 	}
 	out := filepath.Join(dir, "plugin.wasm")
-	cmd := exec.Command("go", "build", "-overlay", overlay, "-buildmode=c-shared", "-trimpath", "-o", out, "./filter")
+	cmd := exec.Command("go", append(args, "-o", out, "./filter")...)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(env, "GOOS=wasip1", "GOARCH=wasm")
 	if b, err := cmd.CombinedOutput(); err != nil {
