@@ -15,9 +15,13 @@ import (
 	"github.com/kagenti/token-exchange-filter/internal/wasmstrip"
 )
 
-// What Envoy ≥ 1.39 (proxy-wasm-cpp-host, include/proxy-wasm/exports.h) links into a module.
-// A module importing anything else fails to load with "missing import", so the compiled filter's
-// import list must stay inside these.
+// What Envoy links into a module since proxy-wasm-cpp-host c4d7bb0 (2024-12-19, "add wasi
+// hostcalls used by the Go SDK", the first that loads upstream-Go modules; Envoy 1.33 per
+// ENVOY-HOST.md) up to 94091cd's parent 3930b7b: include/proxy-wasm/exports.h
+// FOR_ALL_HOST_FUNCTIONS (identical in both) plus the ABI 0.2.x calls src/wasm.cc registers, and
+// FOR_ALL_WASI_FUNCTIONS (18 functions; 94091cd added the rest of WASI preview 1). A module
+// importing anything else fails to load on those Envoys with "missing import", so the compiled
+// filter's imports must stay inside these.
 var (
 	envoyHostFunctions = set(
 		"proxy_log", "proxy_get_status", "proxy_set_property", "proxy_get_property", "proxy_send_local_response",
@@ -34,14 +38,9 @@ var (
 		"proxy_continue_stream", "proxy_close_stream",
 	)
 	envoyWASIFunctions = set(
-		"fd_write", "fd_read", "fd_seek", "fd_close", "fd_fdstat_get", "fd_fdstat_set_flags",
-		"fd_fdstat_set_rights", "environ_get", "environ_sizes_get", "args_get", "args_sizes_get",
-		"clock_time_get", "clock_res_get", "fd_advise", "fd_allocate", "fd_datasync", "fd_filestat_set_size",
-		"fd_filestat_set_times", "fd_pread", "fd_pwrite", "fd_readdir", "fd_renumber", "fd_sync", "fd_tell",
-		"path_create_directory", "path_filestat_set_times", "path_link", "path_readlink",
-		"path_remove_directory", "path_rename", "path_symlink", "path_unlink_file", "sock_accept",
-		"sock_recv", "sock_send", "sock_shutdown", "random_get", "sched_yield", "poll_oneoff", "proc_exit",
-		"path_open", "fd_prestat_get", "fd_prestat_dir_name", "path_filestat_get", "fd_filestat_get",
+		"args_get", "args_sizes_get", "clock_time_get", "environ_get", "environ_sizes_get", "fd_close",
+		"fd_fdstat_get", "fd_fdstat_set_flags", "fd_prestat_dir_name", "fd_prestat_get", "fd_read",
+		"fd_seek", "fd_write", "path_open", "poll_oneoff", "proc_exit", "random_get", "sched_yield",
 	)
 )
 
