@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kagenti/token-exchange-filter/e2e/host"
+	"github.com/kagenti/token-exchange-filter/internal/wasmbuild"
+)
+
+// Module time, in process. Each kind of request (a cached user's hit, a pass-through, the floor
+// filter's same header work) goes through Host.ServeHTTP directly, one at a time, on a proxy of
+// one worker whose wazero runs without termination checks (host.Config.NoTerminationChecks: V8
+// in Envoy has none on this path, and they slow loop-heavy guest code 2.6–4×). No client
+// socket, no concurrent request: what is timed is the module's calls (host.ModuleTime) and
+// the host functions they make. The three kinds alternate in every round, so a round's ratios
+// compare code measured under the same machine state; min and max over rounds say how stable
+// the figures are.
+const (
+	moduleTimeRounds = 12
+	moduleTimeBatch  = 400
+	moduleTimeWarmup = 500
+)
+
+// floorUserToken is a JWT-shaped user token for the floor filter (which never reads it).
+const floorUserToken = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmbG9vciJ9.floor-user-token"
+
+// timedKind is one kind of request measured by moduleTime.
+type timedKind struct {
+	name   string
+	px     *host.Host
+	path   string
+	token  string
+	metric string // a metric that must grow by one per request ("" for the floor)
+
+	perRound []float64 // ns per request, per round
+	byCall   map[string]time.Duration
+	n        int
+}
+
+func (b *bench) moduleTime(res *Result) error {
+	filter, err := b.launch(b.proxyConfig(1, true))
+	if err != nil {
+		return err
+	}
+	defer filter.Close()
+	floorModule, err := buildFloor()
+	if err != nil {
+		return err
+	}
+	floor, err := host.Start(context.Background(), host.Config{Module: floorModule, Workers: 1, NoTerminationChecks: true,
+		Clusters: map[string]string{"upstream": b.up.Addr()}, UpstreamCluster: "upstream", LogLevel: host.LogInfo})
+	if err != nil {
+		return err
+	}
+	defer floor.Close()
+
+	_, tokens, err := b.newUsers(1)
+	if err != nil {
+		return err
+	}
+	kinds := []*timedKind{
+		{name: "hit", px: filter, path: "/api", token: tokens[0], metric: "token_exchange.cache.hit"},
+		// The same user token, to a path no rule matches: the filter leaves the request alone.
+		{name: "passthrough", px: filter, path: "/static/app.js", token: tokens[0], metric: "token_exchange.requests_passed_through"},
+		{name: "floor", px: floor, path: "/api", token: floorUserToken},
+	}
+	// The first request exchanges the hit user's token; the warm-up runs every path often
+	// enough for the runtime's heap and the memo to settle.
+	for _, k := range kinds {
+		k.byCall = map[string]time.Duration{}
+		for range moduleTimeWarmup {
+			if err := serveOne(k.px, k.path, k.token); err != nil {
+				return fmt.Errorf("%s warm-up: %w", k.name, err)
+			}
+		}
+	}
+	for range moduleTimeRounds {
+		for _, k := range kinds {
+			if err := streamsDeleted(k.px); err != nil {
+				return err
+			}
+			var before uint64
+			if k.metric != "" {
+				before, _ = k.px.Metric(k.metric)
+			}
+			k.px.ResetModuleTime()
+			for range moduleTimeBatch {
+				if err := serveOne(k.px, k.path, k.token); err != nil {
+					return fmt.Errorf("%s: %w", k.name, err)
+				}
+			}
+			if err := streamsDeleted(k.px); err != nil {
+				return err
+			}
+			st := k.px.StreamModuleTime()
+			if st.Calls != 6*moduleTimeBatch {
+				return fmt.Errorf("%s: %d stream calls for %d requests, want 6 each", k.name, st.Calls, moduleTimeBatch)
+			}
+			if k.metric != "" {
+				if after, _ := k.px.Metric(k.metric); after-before != moduleTimeBatch {
+					return fmt.Errorf("%s grew by %d for %d requests: not the path meant", k.metric, after-before, moduleTimeBatch)
+				}
+			}
+			k.perRound = append(k.perRound, float64(st.Time.Nanoseconds())/moduleTimeBatch)
+			k.n += moduleTimeBatch
+			for ck, ct := range k.px.ModuleTime() {
+				if !ck.Root {
+					k.byCall[ck.Export] += ct.Time
+				}
+			}
+		}
+	}
+	hit, pass, fl := kinds[0], kinds[1], kinds[2]
+	res.HitNsPerReq, res.PassthroughNsPerReq, res.FloorNsPerReq = int64(mean(hit.perRound)), int64(mean(pass.perRound)), int64(mean(fl.perRound))
+	res.HitNsMinMax, res.PassthroughNsMinMax, res.FloorNsMinMax = minMax(hit.perRound), minMax(pass.perRound), minMax(fl.perRound)
+	res.HitOverPassthrough = mean(hit.perRound) / mean(pass.perRound)
+	res.HitOverFloor = mean(hit.perRound) / mean(fl.perRound)
+	res.HitOverPassthroughMinMax = minMax(ratios(hit.perRound, pass.perRound))
+	res.HitOverFloorMinMax = minMax(ratios(hit.perRound, fl.perRound))
+	res.HitRequests, res.PassthroughRequests = hit.n, pass.n
+	res.ModuleTimeRounds = moduleTimeRounds
+	res.ModuleTimeEngine = "wazero (compiler, no termination checks), 1 worker, in process"
+	res.HitNsByCallback, res.PassthroughNsByCallback, res.FloorNsByCallback = perCall(hit), perCall(pass), perCall(fl)
+	return nil
+}
+
+// serveOne sends one GET through px's handler in this goroutine and checks the upstream answered.
+func serveOne(px *host.Host, path, token string) error {
+	req := httptest.NewRequest(http.MethodGet, "http://gateway"+path, nil)
+	req.Header.Set("x-user-oidc-token", token)
+	rec := httptest.NewRecorder()
+	px.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return fmt.Errorf("status %d: %s", rec.Code, rec.Body.String())
+	}
+	return nil
+}
+
+// buildFloor compiles e2e/bench/floor with the module's own toolchain (no runtime patch: the
+// floor never sleeps or polls either way).
+func buildFloor() ([]byte, error) {
+	dir, err := os.MkdirTemp("", "floor")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "floor.wasm")
+	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-trimpath", "-o", out, "./e2e/bench/floor")
+	cmd.Dir = wasmbuild.RepoRoot()
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "GOTOOLCHAIN="+wasmbuild.Toolchain)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building the floor filter: %v\n%s", err, msg)
+	}
+	return os.ReadFile(out)
+}
+
+func perCall(k *timedKind) map[string]int64 {
+	out := map[string]int64{}
+	for name, d := range k.byCall {
+		out[name] = d.Nanoseconds() / int64(k.n)
+	}
+	return out
+}
+
+func mean(xs []float64) float64 {
+	sum := 0.0
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
+}
+
+func ratios(a, b []float64) []float64 {
+	out := make([]float64, len(a))
+	for i := range a {
+		out[i] = a[i] / b[i]
+	}
+	return out
+}
+
+// minMax is [min, max] of xs, rounded to two decimals for ratios and to whole ns otherwise.
+func minMax(xs []float64) [2]float64 {
+	lo, hi := xs[0], xs[0]
+	for _, x := range xs {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	round := func(x float64) float64 {
+		if x < 100 {
+			return float64(int64(x*100+0.5)) / 100
+		}
+		return float64(int64(x + 0.5))
+	}
+	return [2]float64{round(lo), round(hi)}
+}
+
+// v8Time runs the same three kinds in V8 through e2e/bench/v8/host.mjs (a minimal proxy-wasm host
+// for node), when node is installed; it reports false without it.
+func (b *bench) v8Time(res *Result) (bool, error) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return false, nil
+	}
+	floorModule, err := buildFloor()
+	if err != nil {
+		return false, err
+	}
+	dir, err := os.MkdirTemp("", "v8bench")
+	if err != nil {
+		return false, err
+	}
+	defer os.RemoveAll(dir)
+	filterPath, floorPath := filepath.Join(dir, "filter.wasm"), filepath.Join(dir, "floor.wasm")
+	if err := os.WriteFile(filterPath, b.module, 0o644); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(floorPath, floorModule, 0o644); err != nil {
+		return false, err
+	}
+	_, tokens, err := b.newUsers(1)
+	if err != nil {
+		return false, err
+	}
+	cfg := b.proxyConfig(1, true)
+	spec, _ := json.Marshal(map[string]any{
+		"filter": filterPath, "floor": floorPath, "pluginConfig": string(cfg.PluginConfig), "env": cfg.Env,
+		"clusters": map[string]string{"idp": "http://" + b.idp.Addr()}, "userToken": tokens[0],
+		"rounds": moduleTimeRounds, "batch": moduleTimeBatch, "warmup": moduleTimeWarmup,
+	})
+	specPath := filepath.Join(dir, "spec.json")
+	if err := os.WriteFile(specPath, spec, 0o600); err != nil {
+		return false, err
+	}
+	cmd := exec.Command(node, filepath.Join(wasmbuild.RepoRoot(), "e2e", "bench", "v8", "host.mjs"), specPath)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return false, fmt.Errorf("node: %v: %s", err, stderr.String())
+	}
+	type kind struct {
+		Rounds []float64        `json:"rounds"`
+		ByCall map[string]int64 `json:"byCall"`
+	}
+	var r struct {
+		Engine      string `json:"engine"`
+		Hit         kind   `json:"hit"`
+		Passthrough kind   `json:"passthrough"`
+		Floor       kind   `json:"floor"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return false, fmt.Errorf("node's answer: %v: %s", err, out)
+	}
+	res.V8Engine = r.Engine
+	res.V8HitNsPerReq, res.V8PassthroughNsPerReq, res.V8FloorNsPerReq = int64(mean(r.Hit.Rounds)), int64(mean(r.Passthrough.Rounds)), int64(mean(r.Floor.Rounds))
+	res.V8HitOverPassthrough = mean(r.Hit.Rounds) / mean(r.Passthrough.Rounds)
+	res.V8HitOverFloor = mean(r.Hit.Rounds) / mean(r.Floor.Rounds)
+	res.V8HitOverPassthroughMinMax = minMax(ratios(r.Hit.Rounds, r.Passthrough.Rounds))
+	res.V8HitOverFloorMinMax = minMax(ratios(r.Hit.Rounds, r.Floor.Rounds))
+	res.V8HitNsByCallback, res.V8PassthroughNsByCallback, res.V8FloorNsByCallback = r.Hit.ByCall, r.Passthrough.ByCall, r.Floor.ByCall
+	return true, nil
+}
+
+// moduleTimes runs the module-time phase in wazero, then in V8 when node is installed.
+func (b *bench) moduleTimes(res *Result) error {
+	progress("module time: hit, pass-through and the floor filter, in process (wazero)")
+	if err := b.moduleTime(res); err != nil {
+		return err
+	}
+	progress("module time: the same in V8 (node)")
+	ran, err := b.v8Time(res)
+	if err != nil {
+		return err
+	}
+	if !ran {
+		progress("module time in V8: skipped, node is not installed")
+		res.Notes["v8"] = "not measured: node was not installed"
+	}
+	return nil
+}
