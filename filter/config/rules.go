@@ -210,6 +210,40 @@ func normalizePath(p string) string {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
+	if alreadyNormal(p) {
+		return p // the common case, every request of a pass-through route: no allocation
+	}
+	return normalizeSlow(p)
+}
+
+// alreadyNormal reports whether normalizeSlow would return p unchanged: it starts with "/" and
+// has no "%", no backslash, no empty segment but a trailing one, and no "." or ".." segment.
+func alreadyNormal(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	segStart := 1
+	for i := 1; i <= len(p); i++ {
+		if i < len(p) {
+			switch p[i] {
+			case '%', '\\':
+				return false
+			case '/':
+			default:
+				continue
+			}
+		}
+		seg := p[segStart:i]
+		if seg == "." || seg == ".." || (seg == "" && i < len(p)) {
+			return false
+		}
+		segStart = i + 1
+	}
+	return true
+}
+
+// normalizeSlow is normalizePath for a path without its query, done in full.
+func normalizeSlow(p string) string {
 	var b strings.Builder
 	b.Grow(len(p) + 1)
 	if !strings.HasPrefix(p, "/") {

@@ -112,3 +112,29 @@ func TestMatchResistsBypassForms(t *testing.T) {
 		t.Errorf("normalizePath = %q", got)
 	}
 }
+
+// The fast path of normalizePath (alreadyNormal) never changes the answer: for every path it
+// accepts, the full normalisation returns the path itself.
+func FuzzNormalizePathFastPath(f *testing.F) {
+	for _, s := range []string{"/", "/api", "/api/", "/api/v1/x", "//api", "/api//x", "/./a", "/a/.", "/a/..",
+		"/a/../b", "/%2e%2e/a", "/a\\b", "api", "", "/a/.b", "/a/..b/", "/.well-known/x", "/a?x=/../", "/a#/.."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if i := strings.IndexAny(p, "?#"); i >= 0 {
+			p = p[:i]
+		}
+		if alreadyNormal(p) && normalizeSlow(p) != p {
+			t.Fatalf("alreadyNormal(%q) but the full normalisation gives %q", p, normalizeSlow(p))
+		}
+		if got, want := normalizePath(p), normalizeSlow(p); got != want {
+			t.Fatalf("normalizePath(%q) = %q, want %q", p, got, want)
+		}
+	})
+}
+
+func TestNormalizePathCleanPathAllocatesNothing(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { _ = normalizePath("/static/app.js?v=3") }); n != 0 {
+		t.Errorf("%v allocations for a clean path", n)
+	}
+}
