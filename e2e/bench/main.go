@@ -107,17 +107,19 @@ type Result struct {
 	ModuleTimeEngine         string           `json:"module_time_engine"`
 	FloorNsByCallback        map[string]int64 `json:"floor_ns_by_callback"`
 	// The same three kinds in V8 (e2e/bench/v8/host.mjs under node), when node is installed.
-	V8Engine                   string           `json:"v8_engine,omitempty"`
-	V8HitNsPerReq              int64            `json:"v8_hit_ns_per_req,omitempty"`
-	V8PassthroughNsPerReq      int64            `json:"v8_passthrough_ns_per_req,omitempty"`
-	V8FloorNsPerReq            int64            `json:"v8_floor_ns_per_req,omitempty"`
-	V8HitOverPassthrough       float64          `json:"v8_hit_over_passthrough,omitempty"`
-	V8HitOverFloor             float64          `json:"v8_hit_over_floor,omitempty"`
-	V8HitOverPassthroughMinMax [2]float64       `json:"v8_hit_over_passthrough_min_max"`
-	V8HitOverFloorMinMax       [2]float64       `json:"v8_hit_over_floor_min_max"`
-	V8HitNsByCallback          map[string]int64 `json:"v8_hit_ns_by_callback,omitempty"`
-	V8PassthroughNsByCallback  map[string]int64 `json:"v8_passthrough_ns_by_callback,omitempty"`
-	V8FloorNsByCallback        map[string]int64 `json:"v8_floor_ns_by_callback,omitempty"`
+	// RoundsNs is every round's ns per request, by engine and kind ("wazero hit", "v8 floor", ...).
+	RoundsNs                   map[string][]int64 `json:"module_time_rounds_ns"`
+	V8Engine                   string             `json:"v8_engine,omitempty"`
+	V8HitNsPerReq              int64              `json:"v8_hit_ns_per_req,omitempty"`
+	V8PassthroughNsPerReq      int64              `json:"v8_passthrough_ns_per_req,omitempty"`
+	V8FloorNsPerReq            int64              `json:"v8_floor_ns_per_req,omitempty"`
+	V8HitOverPassthrough       float64            `json:"v8_hit_over_passthrough,omitempty"`
+	V8HitOverFloor             float64            `json:"v8_hit_over_floor,omitempty"`
+	V8HitOverPassthroughMinMax [2]float64         `json:"v8_hit_over_passthrough_min_max"`
+	V8HitOverFloorMinMax       [2]float64         `json:"v8_hit_over_floor_min_max"`
+	V8HitNsByCallback          map[string]int64   `json:"v8_hit_ns_by_callback,omitempty"`
+	V8PassthroughNsByCallback  map[string]int64   `json:"v8_passthrough_ns_by_callback,omitempty"`
+	V8FloorNsByCallback        map[string]int64   `json:"v8_floor_ns_by_callback,omitempty"`
 	// Per callback (export name), ns per request.
 	HitNsByCallback         map[string]int64 `json:"hit_ns_by_callback"`
 	PassthroughNsByCallback map[string]int64 `json:"passthrough_ns_by_callback"`
@@ -308,8 +310,10 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		"context: on_context_create, on_request_headers, on_response_headers, on_done, on_log, on_delete; wall clock "+
 		"inside the calls, host functions included), the user's token cached (memo and shared data). In process: "+
 		"Host.ServeHTTP called directly, one request at a time, one worker, wazero without termination checks; "+
-		"%d rounds of %d requests of each kind, the kinds alternating within every round; *_min_max are the "+
-		"per-round figures' extremes.", moduleTimeRounds, moduleTimeBatch)
+		"%d rounds of %d requests of each kind, the kinds alternating within every round; the figure is the "+
+		"median round (ratios: median of the rounds' ratios), *_min_max the rounds' extremes, "+
+		"module_time_rounds_ns every round. v8_* is the same in V8 under node (e2e/bench/v8/host.mjs), "+
+		"whose host functions are JavaScript: they count in the module's time as Envoy's C++ ones do.", moduleTimeRounds, moduleTimeBatch)
 	res.Notes["passthrough_ns_per_req"] = "a request with a user token to a path that matches no rule (the plugin " +
 		"has rules: [{pathPrefix: /api}]): the filter reads :path and leaves it alone; measured like hit_ns_per_req."
 	res.Notes["floor_ns_per_req"] = "e2e/bench/floor (reads and removes the user token header, writes " +
@@ -384,10 +388,20 @@ func (b *bench) proxyConfig(workers int, noTerminationChecks bool) host.Config {
 		Workers:             workers,
 		Clusters:            map[string]string{"idp": b.idp.Addr(), "upstream": b.up.Addr()},
 		UpstreamCluster:     "upstream",
-		Env:                 map[string]string{"TOKEN_EXCHANGE_CLIENT_SECRET": secret.Secret},
+		Env:                 benchEnv(secret.Secret),
 		LogLevel:            host.LogInfo,
 		NoTerminationChecks: noTerminationChecks,
 	}
+}
+
+// benchEnv is the VM's environment: the client secret, and BENCH_GOGC as GOGC when set (the Go
+// runtime reads it at start-up, from Envoy's vm_config environment_variables too).
+func benchEnv(secret string) map[string]string {
+	env := map[string]string{"TOKEN_EXCHANGE_CLIENT_SECRET": secret}
+	if v := os.Getenv("BENCH_GOGC"); v != "" {
+		env["GOGC"] = v
+	}
+	return env
 }
 
 // newUsers adds n users to the IdP and mints a token of each (as the UI's login would).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,11 +23,11 @@ import (
 // in Envoy has none on this path, and they slow loop-heavy guest code 2.6–4×). No client
 // socket, no concurrent request: what is timed is the module's calls (host.ModuleTime) and
 // the host functions they make. The three kinds alternate in every round, so a round's ratios
-// compare code measured under the same machine state; min and max over rounds say how stable
-// the figures are.
+// compare code measured under the same machine state. The figures are the median round (ratios:
+// the median of the rounds' ratios); min and max over rounds say how stable they are.
 const (
-	moduleTimeRounds = 12
-	moduleTimeBatch  = 400
+	moduleTimeRounds = 21
+	moduleTimeBatch  = 250
 	moduleTimeWarmup = 500
 )
 
@@ -120,16 +121,19 @@ func (b *bench) moduleTime(res *Result) error {
 		}
 	}
 	hit, pass, fl := kinds[0], kinds[1], kinds[2]
-	res.HitNsPerReq, res.PassthroughNsPerReq, res.FloorNsPerReq = int64(mean(hit.perRound)), int64(mean(pass.perRound)), int64(mean(fl.perRound))
+	res.HitNsPerReq, res.PassthroughNsPerReq, res.FloorNsPerReq = int64(median(hit.perRound)), int64(median(pass.perRound)), int64(median(fl.perRound))
 	res.HitNsMinMax, res.PassthroughNsMinMax, res.FloorNsMinMax = minMax(hit.perRound), minMax(pass.perRound), minMax(fl.perRound)
-	res.HitOverPassthrough = mean(hit.perRound) / mean(pass.perRound)
-	res.HitOverFloor = mean(hit.perRound) / mean(fl.perRound)
+	res.HitOverPassthrough = median(ratios(hit.perRound, pass.perRound))
+	res.HitOverFloor = median(ratios(hit.perRound, fl.perRound))
 	res.HitOverPassthroughMinMax = minMax(ratios(hit.perRound, pass.perRound))
 	res.HitOverFloorMinMax = minMax(ratios(hit.perRound, fl.perRound))
 	res.HitRequests, res.PassthroughRequests = hit.n, pass.n
 	res.ModuleTimeRounds = moduleTimeRounds
 	res.ModuleTimeEngine = "wazero (compiler, no termination checks), 1 worker, in process"
 	res.HitNsByCallback, res.PassthroughNsByCallback, res.FloorNsByCallback = perCall(hit), perCall(pass), perCall(fl)
+	for _, k := range kinds {
+		res.addRounds("wazero "+k.name, k.perRound)
+	}
 	return nil
 }
 
@@ -171,12 +175,17 @@ func perCall(k *timedKind) map[string]int64 {
 	return out
 }
 
-func mean(xs []float64) float64 {
-	sum := 0.0
-	for _, x := range xs {
-		sum += x
+// median is the middle round: on a shared machine a few rounds are slowed by other work, and
+// the middle one is what the code costs. Every round still includes the module's own garbage
+// collections in proportion (a round is hundreds of requests).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	} else {
+		return s[n/2]
 	}
-	return sum / float64(len(xs))
 }
 
 func ratios(a, b []float64) []float64 {
@@ -234,12 +243,17 @@ func (b *bench) v8Time(res *Result) (bool, error) {
 		"filter": filterPath, "floor": floorPath, "pluginConfig": string(cfg.PluginConfig), "env": cfg.Env,
 		"clusters": map[string]string{"idp": "http://" + b.idp.Addr()}, "userToken": tokens[0],
 		"rounds": moduleTimeRounds, "batch": moduleTimeBatch, "warmup": moduleTimeWarmup,
+		"only": os.Getenv("BENCH_V8_ONLY"), // hit, passthrough or floor: one kind, e.g. to profile it
 	})
 	specPath := filepath.Join(dir, "spec.json")
 	if err := os.WriteFile(specPath, spec, 0o600); err != nil {
 		return false, err
 	}
-	cmd := exec.Command(node, filepath.Join(wasmbuild.RepoRoot(), "e2e", "bench", "v8", "host.mjs"), specPath)
+	// BENCH_NODE_FLAGS passes flags to node, e.g. "--cpu-prof --cpu-prof-dir=build/prof" for a
+	// profile of the module's functions by name.
+	args := append([]string{"--expose-gc"}, strings.Fields(os.Getenv("BENCH_NODE_FLAGS"))...)
+	args = append(args, filepath.Join(wasmbuild.RepoRoot(), "e2e", "bench", "v8", "host.mjs"), specPath)
+	cmd := exec.Command(node, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -259,13 +273,20 @@ func (b *bench) v8Time(res *Result) (bool, error) {
 	if err := json.Unmarshal(out, &r); err != nil {
 		return false, fmt.Errorf("node's answer: %v: %s", err, out)
 	}
+	if os.Getenv("BENCH_V8_ONLY") != "" {
+		progress("V8 run of one kind only (BENCH_V8_ONLY): not recorded")
+		return true, nil
+	}
 	res.V8Engine = r.Engine
-	res.V8HitNsPerReq, res.V8PassthroughNsPerReq, res.V8FloorNsPerReq = int64(mean(r.Hit.Rounds)), int64(mean(r.Passthrough.Rounds)), int64(mean(r.Floor.Rounds))
-	res.V8HitOverPassthrough = mean(r.Hit.Rounds) / mean(r.Passthrough.Rounds)
-	res.V8HitOverFloor = mean(r.Hit.Rounds) / mean(r.Floor.Rounds)
+	res.V8HitNsPerReq, res.V8PassthroughNsPerReq, res.V8FloorNsPerReq = int64(median(r.Hit.Rounds)), int64(median(r.Passthrough.Rounds)), int64(median(r.Floor.Rounds))
+	res.V8HitOverPassthrough = median(ratios(r.Hit.Rounds, r.Passthrough.Rounds))
+	res.V8HitOverFloor = median(ratios(r.Hit.Rounds, r.Floor.Rounds))
 	res.V8HitOverPassthroughMinMax = minMax(ratios(r.Hit.Rounds, r.Passthrough.Rounds))
 	res.V8HitOverFloorMinMax = minMax(ratios(r.Hit.Rounds, r.Floor.Rounds))
 	res.V8HitNsByCallback, res.V8PassthroughNsByCallback, res.V8FloorNsByCallback = r.Hit.ByCall, r.Passthrough.ByCall, r.Floor.ByCall
+	res.addRounds("v8 hit", r.Hit.Rounds)
+	res.addRounds("v8 passthrough", r.Passthrough.Rounds)
+	res.addRounds("v8 floor", r.Floor.Rounds)
 	return true, nil
 }
 
@@ -285,4 +306,13 @@ func (b *bench) moduleTimes(res *Result) error {
 		res.Notes["v8"] = "not measured: node was not installed"
 	}
 	return nil
+}
+
+func (r *Result) addRounds(name string, ns []float64) {
+	if r.RoundsNs == nil {
+		r.RoundsNs = map[string][]int64{}
+	}
+	for _, x := range ns {
+		r.RoundsNs[name] = append(r.RoundsNs[name], int64(x))
+	}
 }
