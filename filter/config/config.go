@@ -31,6 +31,13 @@ const (
 	// longer). 0 turns the back-off off.
 	DefaultFailureBackoffMs = 2000
 	MaxFailureBackoffMs     = 600000
+	// A cached token with less usable lifetime left than refreshAheadSeconds is still served at
+	// once, and a background exchange replaces it (0 turns refresh off). minLifetimeSeconds
+	// (top level and per rule; 0 = off) holds a request whose cached token has less than that
+	// left for a fresh one instead.
+	DefaultRefreshAheadSeconds = 60
+	MaxRefreshAheadSeconds     = 3600
+	MaxMinLifetimeSeconds      = 3600
 )
 
 // Endpoint is the token endpoint split into what an HTTP callout needs.
@@ -86,6 +93,8 @@ type Config struct {
 	OutputHeader             string
 	CacheSlots               uint32
 	FailureBackoffMs         int64
+	RefreshAheadSeconds      int64
+	MinLifetimeSeconds       int64 // a rule's own, when set, wins (Rule.MinLifetimeSeconds)
 	TokenExchange            Exchange
 	Rules                    []Rule // optional per-route settings; see Match
 }

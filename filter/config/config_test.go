@@ -94,6 +94,7 @@ func TestDefaults(t *testing.T) {
 		OutputHeader:             DefaultOutputHeader,
 		CacheSlots:               DefaultCacheSlots,
 		FailureBackoffMs:         DefaultFailureBackoffMs,
+		RefreshAheadSeconds:      DefaultRefreshAheadSeconds,
 		TokenExchange: Exchange{
 			Enabled:               false,
 			Audience:              "", // none requested: every audience mapped to the client
@@ -554,5 +555,30 @@ func TestNamespace(t *testing.T) {
 	c := mustParse(t, obj(`"tokenEndpoint":"https://kc.example.com/token"`, fieldClientID, `"clientSecret":"another"`))
 	if c.Namespace() != a {
 		t.Errorf("namespace depends on the secret")
+	}
+}
+
+func TestRefreshAndMinLifetime(t *testing.T) {
+	c, err := Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/t","clientId":"a","clientSecret":"s",
+		"refreshAheadSeconds":0,"minLifetimeSeconds":30,
+		"rules":[{"pathPrefix":"/sse","minLifetimeSeconds":120},{"pathPrefix":"/api"}]}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RefreshAheadSeconds != 0 || c.MinLifetimeSeconds != 30 {
+		t.Errorf("refreshAheadSeconds %d, minLifetimeSeconds %d", c.RefreshAheadSeconds, c.MinLifetimeSeconds)
+	}
+	if c.Rules[0].MinLifetimeSeconds != 120 || c.Rules[1].MinLifetimeSeconds != 30 {
+		t.Errorf("rules' minLifetimeSeconds %d, %d: want their own 120, the inherited 30", c.Rules[0].MinLifetimeSeconds, c.Rules[1].MinLifetimeSeconds)
+	}
+	for doc, want := range map[string]string{
+		`"refreshAheadSeconds":3601`:                              "refreshAheadSeconds",
+		`"minLifetimeSeconds":-1`:                                 "minLifetimeSeconds",
+		`"rules":[{"pathPrefix":"/x","minLifetimeSeconds":"60"}]`: "rules[0].minLifetimeSeconds",
+	} {
+		_, err := Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/t","clientId":"a","clientSecret":"s",`+doc+`}`), nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one naming %s", doc, err, want)
+		}
 	}
 }

@@ -49,6 +49,8 @@ const (
 	fOutputHeader             = "outputHeader"
 	fCacheSlots               = "cacheSlots"
 	fFailureBackoffMs         = "failureBackoffMs"
+	fRefreshAheadSeconds      = "refreshAheadSeconds"
+	fMinLifetimeSeconds       = "minLifetimeSeconds"
 	fTokenExchange            = "tokenExchange"
 
 	fEnabled               = "enabled"
@@ -68,7 +70,7 @@ var (
 	topLevelFields = []string{
 		fTokenEndpoint, fCluster, fClientID, fClientSecret, fClientSecretEnv, fClientAuth,
 		fTimeoutMs, fExpirySkewSeconds, fFallbackToServiceAccount, fOutputHeader, fCacheSlots,
-		fFailureBackoffMs, fTokenExchange, fRules,
+		fFailureBackoffMs, fRefreshAheadSeconds, fMinLifetimeSeconds, fTokenExchange, fRules,
 	}
 	exchangeFields = []string{fEnabled, fAudience, fScope, fUserTokenHeader, fRemoveUserTokenHeader,
 		fExpectedIssuer, fAllowOpaqueTokens, fNewKeyRate, fNewKeyBurst}
@@ -170,6 +172,7 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		OutputHeader:             DefaultOutputHeader,
 		CacheSlots:               DefaultCacheSlots,
 		FailureBackoffMs:         DefaultFailureBackoffMs,
+		RefreshAheadSeconds:      DefaultRefreshAheadSeconds,
 		TokenExchange: Exchange{
 			UserTokenHeader:       DefaultUserTokenHeader,
 			RemoveUserTokenHeader: true,
@@ -276,6 +279,14 @@ func Parse(data []byte, getenv func(name string) (string, bool)) (*Config, error
 		case fFailureBackoffMs:
 			if n, ok := p.integer(path, v, 0, MaxFailureBackoffMs); ok {
 				c.FailureBackoffMs = n
+			}
+		case fRefreshAheadSeconds:
+			if n, ok := p.integer(path, v, 0, MaxRefreshAheadSeconds); ok {
+				c.RefreshAheadSeconds = n
+			}
+		case fMinLifetimeSeconds:
+			if n, ok := p.integer(path, v, 0, MaxMinLifetimeSeconds); ok {
+				c.MinLifetimeSeconds = n
 			}
 		case fTokenExchange:
 			audienceSet = p.exchange(v, &c.TokenExchange)

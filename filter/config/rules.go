@@ -17,6 +17,8 @@ type Rule struct {
 	Enabled    bool
 	Audience   string
 	Scope      string
+	// MinLifetimeSeconds is the configuration's minLifetimeSeconds unless the rule sets its own.
+	MinLifetimeSeconds int64
 }
 
 // MaxRules bounds the list: rules are tried in order for every request.
@@ -28,10 +30,10 @@ const (
 	fHosts      = "hosts"
 )
 
-var ruleFields = []string{fPathPrefix, fHosts, fAudience, fScope, fEnabled}
+var ruleFields = []string{fPathPrefix, fHosts, fAudience, fScope, fEnabled, fMinLifetimeSeconds}
 
 // ruleSet says which optional fields a rule set, so that the others are inherited.
-type ruleSet struct{ enabled, audience, scope bool }
+type ruleSet struct{ enabled, audience, scope, minLifetime bool }
 
 func (p *parser) rules(v gjson.Result) (rules []Rule, set []ruleSet) {
 	if v.Type == gjson.Null {
@@ -86,8 +88,12 @@ func (p *parser) rules(v gjson.Result) (rules []Rule, set []ruleSet) {
 				if str, ok := p.str(path, v); ok && p.text(path, str, MaxScopeBytes, true) {
 					r.Scope, s.scope = str, true
 				}
+			case fMinLifetimeSeconds:
+				if n, ok := p.integer(path, v, 0, MaxMinLifetimeSeconds); ok {
+					r.MinLifetimeSeconds, s.minLifetime = n, true
+				}
 			default:
-				p.add(path, "unknown field (a rule has pathPrefix, hosts, audience, scope, enabled)")
+				p.add(path, "unknown field (a rule has pathPrefix, hosts, audience, scope, enabled, minLifetimeSeconds)")
 			}
 			return true
 		})
@@ -144,6 +150,9 @@ func (c *Config) inheritRules(set []ruleSet) {
 		}
 		if !s.scope {
 			r.Scope = c.TokenExchange.Scope
+		}
+		if !s.minLifetime {
+			r.MinLifetimeSeconds = c.MinLifetimeSeconds
 		}
 	}
 }

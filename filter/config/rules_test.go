@@ -32,7 +32,7 @@ func TestRulesErrors(t *testing.T) {
 		"relative prefix":  {`[{"pathPrefix":"api"}]`, "rules[0].pathPrefix", `must start with "/", got "api"`},
 		"hosts not array":  {`[{"hosts":"a.com"}]`, "rules[0].hosts", "must be an array of host names, got string"},
 		"host with port":   {`[{"hosts":["a.com:8080"]}]`, "rules[0].hosts[0]", `must be a host name without port, optionally starting with "*.", got "a.com:8080"`},
-		"unknown field":    {`[{"path":"/a"}]`, "rules[0].path", "unknown field (a rule has pathPrefix, hosts, audience, scope, enabled)"},
+		"unknown field":    {`[{"path":"/a"}]`, "rules[0].path", "unknown field (a rule has pathPrefix, hosts, audience, scope, enabled, minLifetimeSeconds)"},
 		"enabled not bool": {`[{"enabled":"yes"}]`, "rules[0].enabled", "must be a boolean, got string"},
 		"duplicate field":  {`[{"pathPrefix":"/a","pathPrefix":"/b"}]`, "rules[0].pathPrefix", "duplicate field"},
 		"too many":         {"[" + strings.Repeat(`{},`, MaxRules) + `{}]`, "rules", "must have at most 64 rules, got 65"},

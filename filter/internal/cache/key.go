@@ -30,3 +30,15 @@ func appendField(dst []byte, s string) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(s)))
 	return append(dst, s...)
 }
+
+// RefreshKey is where the refresh of k is coordinated between workers: the lease of the worker
+// refreshing it and the back-off after a failed refresh. It is an entry of its own (another id,
+// and usually another slot), so that a refresh marker never stands where k's token does: the
+// token stays in use while it is refreshed, and after a failed refresh until it expires. A
+// marker never evicts a live token either (modifyPut).
+func RefreshKey(k Key) Key {
+	r := k
+	r[0] ^= 0xA5 // the slot
+	r[8] ^= 0xA5 // the id
+	return r
+}

@@ -37,12 +37,14 @@ const (
 
 // Lookup is the answer of Look.
 type Lookup struct {
-	State    State
-	Token    string // Hit
-	UntilMs  int64  // Leased, Failed: when the entry expires
-	Owner    string // Leased
-	Status   int    // Failed: the strict-mode status of the failure (401 or 502)
-	Failures int    // Leased, Failed: consecutive failures of this key so far
+	State   State
+	Token   string // Hit
+	UntilMs int64  // Hit, Leased, Failed: when the entry expires
+	// StoredAtMs is when a Hit's token was written (an exchange's or a refresh's result).
+	StoredAtMs int64
+	Owner      string // Leased
+	Status     int    // Failed: the strict-mode status of the failure (401 or 502)
+	Failures   int    // Leased, Failed: consecutive failures of this key so far
 }
 
 // MaxMarkerMs bounds how far ahead a lease or failure may expire (the longest back-off is
@@ -121,7 +123,7 @@ func lookupOf(e *entry, nowMs int64, caps markerCap) Lookup {
 	live := nowMs < e.expiresAtMs
 	if e.token[0] != markerPrefix {
 		if live {
-			return Lookup{State: Hit, Token: string(e.token), UntilMs: e.expiresAtMs}
+			return Lookup{State: Hit, Token: string(e.token), UntilMs: e.expiresAtMs, StoredAtMs: e.storedAtMs}
 		}
 		return Lookup{}
 	}

@@ -69,6 +69,17 @@ func (s *exchangeSource) noteInvalidToken(key string, fail *oauth.Failure) {
 func (s *exchangeSource) claim(f *flight.Flight, now int64) bool {
 	// One exchange per key for the whole Envoy: claim the key's lease first. If another
 	// worker holds it, wait for its result; if the result is already there, use it.
+	// The key's token expired while a refresh of it runs: wait for the refresh (polled like a
+	// lease elsewhere) rather than call the IdP a second time. A refresh that failed moments
+	// ago backs the key off like a failed exchange.
+	switch r := s.w.Cache.Look(cache.RefreshKey(cacheKey(f.Key)), now); r.State {
+	case cache.Failed:
+		s.w.settleEach(f, func(req *Request) { req.backedOff(r.Status) })
+		return false
+	case cache.Leased:
+		f.Remote, f.Dispatched = true, true
+		return false
+	}
 	generation := s.w.Cache.Generation() // before the read: see memo.go
 	won, cur, err := s.w.Cache.TryLease(cacheKey(f.Key), s.w.owner, f.DeadlineMs, now)
 	if err == nil && !won {
@@ -127,7 +138,7 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 	}
 	// A token this fresh cannot have been dropped yet: the current word files it safely.
 	generation := w.Cache.Generation()
-	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, blob, key, now+lifeMs, generation) })
+	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, blob, key, now+lifeMs, now, generation) })
 }
 
 // backOff records a failed exchange in the key's slot, so that requests for the key (on every
@@ -163,7 +174,7 @@ func (s *exchangeSource) settleFromCache(f *flight.Flight, cur cache.Lookup, gen
 		token, untilMs, ok := s.open(f.Key, cur)
 		switch {
 		case ok:
-			w.settleEach(f, func(req *Request) { req.useExchanged(token, cur.Token, f.Key, untilMs, generation) })
+			w.settleEach(f, func(req *Request) { req.useExchanged(token, cur.Token, f.Key, untilMs, cur.StoredAtMs, generation) })
 		case !s.retrying:
 			// The forged entry is gone: exchange for real (once; a neighbour writing it back
 			// at once fails the flight rather than looping).

@@ -33,14 +33,17 @@ type source interface {
 }
 
 // serviceFlightKey names the service-account fetch among the flights. Exchange flights are
-// keyed by 32 raw hash bytes, so this 3-byte key cannot collide with them. It is read in one
-// place only: sourceFor.
+// keyed by 32 raw hash bytes and refreshes by 33 (refreshFlightPrefix), so this 3-byte key
+// cannot collide with them. It is read in one place only: sourceFor.
 const serviceFlightKey = "\x00sa"
 
 // sourceFor is the source of a flight key.
 func (w *Worker) sourceFor(key string) source {
 	if key == serviceFlightKey {
 		return &w.service
+	}
+	if len(key) == len(refreshFlightPrefix)+len(cache.Key{}) && key[:len(refreshFlightPrefix)] == refreshFlightPrefix {
+		return &w.refresh
 	}
 	return &w.exchange
 }

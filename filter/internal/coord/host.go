@@ -116,6 +116,9 @@ const (
 	ServiceFetchFailure
 	RequestsBackedOff
 	RequestsPassedThrough
+	RefreshStarted
+	RefreshSuccess
+	RefreshFailure
 	NumMetrics
 )
 

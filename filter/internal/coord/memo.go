@@ -24,6 +24,13 @@ type memoEntry struct {
 	key        string // its cache key, as a flight key
 	untilMs    int64  // monotonic: the earlier of its expiry and the user token's exp
 	generation uint64 // the generation word when the token was read
+	// For the refresh ahead of expiry (refresh.go): the token's own expiry and when it was
+	// stored (monotonic), the user token's exp (0: none known), and when this VM looks again
+	// whether the token is being refreshed.
+	tokenUntilMs int64
+	storedAtMs   int64
+	userUntilMs  int64
+	nextCheckMs  int64
 }
 
 type memo struct {

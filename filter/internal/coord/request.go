@@ -38,6 +38,11 @@ type Request struct {
 	userUntilMs int64
 	// generation is the generation word read before the memo lookup (see memo.go).
 	generation uint64
+	// minLifeMs is the usable lifetime the token sent with this request must have left
+	// (minLifetimeSeconds); stale is the cached token it waits to replace (refresh.go).
+	minLifeMs    int64
+	stale        *memoEntry
+	refreshAfter *memoEntry // a refresh to start once this request has its token
 }
 
 // maxHeaderRemovals bounds the removal of a repeated user-token header on hosts whose remove
@@ -56,6 +61,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	req.deadlineMs = now + int64(w.cfg.TimeoutMs)
 
 	ex := w.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
+	req.minLifeMs = w.cfg.MinLifetimeSeconds * 1000
 	if len(w.cfg.Rules) > 0 {
 		var authority string
 		if w.rulesUseHosts { // else Match ignores it: one header read less per request
@@ -69,6 +75,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			return Continue
 		}
 		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
+		req.minLifeMs = rule.MinLifetimeSeconds * 1000
 	}
 	raw, present := hdr.Get(ex.UserTokenHeader)
 	present = present && raw != ""
@@ -88,8 +95,14 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		generation := w.Cache.Generation()
 		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
 			req.removeUserTokenHeader(hdr, ex)
+			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
+				if req.mustWait(e, token, ex, now) {
+					return req.action()
+				}
+			}
 			w.count(CacheHit)
 			req.useBearer(e.bearer, e.key, e.token, "")
+			req.startRefresh(token, ex, now)
 			return req.action()
 		}
 		req.generation = generation
@@ -143,8 +156,16 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	switch cur := w.Cache.Look(key, now); cur.State {
 	case cache.Hit:
 		if token, untilMs, ok := w.exchange.open(string(key[:]), cur); ok {
+			e := req.entryFor(token, cur.Token, string(key[:]), untilMs, cur.StoredAtMs, generation)
+			if req.memoKey.userToken != "" {
+				w.memo.put(req.memoKey, e)
+			}
+			if (req.minLifeMs > 0 || w.refreshAheadMs > 0) && req.mustWait(e, req.memoKey.userToken, ex, now) {
+				break
+			}
 			w.count(CacheHit)
-			req.useExchanged(token, cur.Token, string(key[:]), untilMs, generation)
+			req.useBearer(e.bearer, e.key, e.token, "")
+			req.startRefresh(req.memoKey.userToken, ex, now) // (token is the exchanged one here)
 			break
 		}
 		// A forged entry (now deleted) is a miss.
@@ -276,15 +297,22 @@ func (req *Request) useToken(token, usedKey, usedService string) {
 // useExchanged sends the request on with an exchanged token (blob: its sealed entry in shared
 // data, "" if it is not there) read while the generation word was generation, valid until
 // untilMs, and files it in the worker's memo.
-func (req *Request) useExchanged(token, blob, key string, untilMs int64, generation uint64) {
-	bearer := "Bearer " + token
+func (req *Request) useExchanged(token, blob, key string, untilMs, storedAtMs int64, generation uint64) {
+	e := req.entryFor(token, blob, key, untilMs, storedAtMs, generation)
 	if req.memoKey.userToken != "" {
-		if req.userUntilMs != 0 {
-			untilMs = min(untilMs, req.userUntilMs)
-		}
-		req.w.memo.put(req.memoKey, &memoEntry{bearer: bearer, token: blob, key: key, untilMs: untilMs, generation: generation})
+		req.w.memo.put(req.memoKey, e)
 	}
-	req.useBearer(bearer, key, blob, "")
+	req.useBearer(e.bearer, key, blob, "")
+}
+
+// entryFor is the memo entry of an exchanged token for this request's user token.
+func (req *Request) entryFor(token, blob, key string, untilMs, storedAtMs int64, generation uint64) *memoEntry {
+	e := &memoEntry{bearer: "Bearer " + token, token: blob, key: key, untilMs: untilMs, generation: generation,
+		tokenUntilMs: untilMs, storedAtMs: storedAtMs, userUntilMs: req.userUntilMs}
+	if req.userUntilMs != 0 {
+		e.untilMs = min(untilMs, req.userUntilMs)
+	}
+	return e
 }
 
 // useBearer writes a ready "Bearer …" value; usedKey and exchanged, or usedService, say what it

@@ -506,14 +506,23 @@ func (e *simEnvoy) deadQueueItems() int {
 
 // simConfig: few slots make users evict each other (markers included); many slots keep every
 // key's back-off marker, so the back-off invariant can be checked exactly.
-func simConfig(t *testing.T, fallback, manySlots bool) *config.Config {
+// refresh varies the refresh ahead of expiry: 0 off, 1 the default (60 s), 2 the default with
+// minLifetimeSeconds 20 (requests held for fresh tokens).
+func simConfig(t *testing.T, fallback, manySlots bool, refresh uint64) *config.Config {
 	slots := simSlots
 	if manySlots {
 		slots = 1024
 	}
+	extra := ""
+	switch refresh {
+	case 0:
+		extra = `,"refreshAheadSeconds":0`
+	case 2:
+		extra = `,"minLifetimeSeconds":20`
+	}
 	js := `{"tokenEndpoint":"http://idp:8080/realms/r/protocol/openid-connect/token","clientId":"gw",` +
 		`"clientSecret":"sim-secret","timeoutMs":` + strconv.Itoa(simTimeoutMs) + `,"cacheSlots":` + strconv.Itoa(slots) +
-		`,"fallbackToServiceAccount":` + strconv.FormatBool(fallback) + `,"tokenExchange":{"enabled":true}}`
+		`,"fallbackToServiceAccount":` + strconv.FormatBool(fallback) + extra + `,"tokenExchange":{"enabled":true}}`
 	cfg, err := config.Parse([]byte(js), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -526,7 +535,7 @@ func runSim(t *testing.T, seed uint64, steps int, st *simStats) int {
 	e := &simEnvoy{stats: st,
 		t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		wall: 1_800_000_000_000, store: cachetest.NewEnvoyStore(),
-		cfg: simConfig(t, seed%4 != 0, seed%2 == 1), lastFail: map[string]int64{}, queues: map[uint32]*simQueue{}, byName: map[string]uint32{},
+		cfg: simConfig(t, seed%4 != 0, seed%2 == 1, seed/4%3), lastFail: map[string]int64{}, queues: map[uint32]*simQueue{}, byName: map[string]uint32{},
 	}
 	e.startVM("main", false)
 	canary := e.startVM("canary", false)

@@ -44,6 +44,9 @@ type Worker struct {
 
 	exchange exchangeSource
 	service  serviceSource
+	refresh  refreshSource
+	// refreshAheadMs is refreshAheadSeconds in ms (0: refresh is off).
+	refreshAheadMs int64
 
 	// held maps a held request's stream id to it, so a root callback can settle it.
 	held map[uint32]*Request
@@ -103,6 +106,8 @@ func NewWorker(host Host, cfg *config.Config, store cache.Store) *Worker {
 	w.sealer = seal.New(cfg.ClientSecret, cfg.Namespace(), host.Random)
 	w.exchange.w = w
 	w.service.w = w
+	w.refresh.w = w
+	w.refreshAheadMs = cfg.RefreshAheadSeconds * 1000
 	w.service.init(cfg)
 
 	// Queue names are per (vm_id, name) and the last registrant gets the wake-ups, so every VM

@@ -25,6 +25,7 @@ const (
 	metricServiceFailure         = "token_exchange.service_token.fetch_failure"
 	metricBackedOff              = "token_exchange.requests_backed_off"
 	metricPassedThrough          = "token_exchange.requests_passed_through"
+	metricRefreshPrefix          = "token_exchange.refresh." // + started, success, failure
 )
 
 // counter and gauge wrap the SDK's metrics, which panic when the host refuses a call: a metric
@@ -98,6 +99,9 @@ var metricNames = [coord.NumMetrics]string{
 	coord.ServiceFetchFailure:            metricServiceFailure,
 	coord.RequestsBackedOff:              metricBackedOff,
 	coord.RequestsPassedThrough:          metricPassedThrough,
+	coord.RefreshStarted:                 metricRefreshPrefix + "started",
+	coord.RefreshSuccess:                 metricRefreshPrefix + "success",
+	coord.RefreshFailure:                 metricRefreshPrefix + "failure",
 }
 
 func newMetrics() *metrics {
