@@ -395,6 +395,23 @@ func (c *checker) checkPlugin(r *result, where string, data []byte, env vmEnv) *
 			"issues every audience its audience mappers give the client "+strconv.Quote(cfg.ClientID)+
 			" (Keycloak only narrows: an audience no mapper gives is refused, the client's own id included)")
 	}
+	// Keycloak's default access-token lifespan is 5 minutes: with the skew, that is how long a
+	// fresh exchanged token is usable, which these settings are compared against.
+	const keycloakLifespan = 300
+	usable := keycloakLifespan - cfg.ExpirySkewSeconds
+	minLife := cfg.MinLifetimeSeconds
+	for _, rule := range cfg.Rules {
+		minLife = max(minLife, rule.MinLifetimeSeconds)
+	}
+	if minLife >= usable {
+		r.notes = append(r.notes, fmt.Sprintf("%sminLifetimeSeconds %d: with Keycloak's default access-token lifespan (300 s) "+
+			"and expirySkewSeconds %d a fresh token is usable for %d s, so such requests never get a token that new; "+
+			"they are sent the cached one (raise the realm's or client's access-token lifespan)", prefix, minLife, cfg.ExpirySkewSeconds, usable))
+	}
+	if cfg.RefreshAheadSeconds >= usable {
+		r.notes = append(r.notes, fmt.Sprintf("%srefreshAheadSeconds %d: with Keycloak's default 300 s tokens every cached token "+
+			"is in its refresh window at once; each key is then refreshed every half lifetime", prefix, cfg.RefreshAheadSeconds))
+	}
 	return cfg
 }
 

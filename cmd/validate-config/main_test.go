@@ -139,6 +139,19 @@ func TestUnsetAudienceNote(t *testing.T) {
 	}
 }
 
+// refreshAheadSeconds and minLifetimeSeconds are range-checked, and a minimum lifetime no
+// Keycloak token of the default lifespan can meet gets a note.
+func TestRefreshFields(t *testing.T) {
+	bad := writeFile(t, "refresh.json", strings.Replace(validJSON, `"tokenExchange"`, `"refreshAheadSeconds": 4000, "tokenExchange"`, 1))
+	wantRun(t, runCmd(t, "", bad), 1, bad+": refreshAheadSeconds: must be an integer between 0 and 3600, got 4000")
+	long := writeFile(t, "long.json", strings.Replace(validJSON, `"tokenExchange"`, `"minLifetimeSeconds": 280, "tokenExchange"`, 1))
+	r := runCmd(t, "", long)
+	wantRun(t, r, 0, "ok: "+long)
+	if !strings.Contains(r.stderr, "minLifetimeSeconds 280: with Keycloak's default access-token lifespan") {
+		t.Errorf("stderr lacks the minLifetimeSeconds note:\n%s", r.stderr)
+	}
+}
+
 func TestStdin(t *testing.T) {
 	wantRun(t, runCmd(t, validJSON, "-"), 0, "ok: <stdin>")
 	wantRun(t, runCmd(t, `{"clientId": "c", "clientSecret": "s"}`, "-"), 1, "<stdin>: tokenEndpoint: required")
