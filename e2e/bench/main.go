@@ -12,7 +12,7 @@
 //	BENCH_USERS          distinct users of the memory phase (default 100000)
 //	BENCH_OUTAGE         length of the IdP outage (default 10s)
 //	BENCH_KEY_BITS       RSA key size of the IdP (default 1024, see below)
-//	BENCH_ONLY           "module": only the module-time phase (hit, pass-through, floor)
+//	BENCH_ONLY           "module" or "refresh": only that phase
 //
 // What is measured (see the notes field of the output, which says the same):
 //
@@ -148,6 +148,17 @@ type Result struct {
 	OutageRequests       int     `json:"outage_requests"`
 	ModuleBytes          int     `json:"module_bytes"`
 
+	// The refresh phase (refresh.go).
+	RefreshUsers                       int     `json:"refresh_users"`
+	RefreshHeldPerUser                 float64 `json:"refresh_held_per_user"`
+	RefreshHeldPerUserOff              float64 `json:"refresh_held_per_user_off"`
+	RefreshExchangesPerUserPerLifetime float64 `json:"refresh_exchanges_per_user_per_lifetime"`
+	RefreshExpectedPerLifetime         float64 `json:"refresh_expected_per_user_per_lifetime"`
+	RefreshP50Us                       int64   `json:"refresh_p50_us"`
+	RefreshP99Us                       int64   `json:"refresh_p99_us"`
+	RefreshHitP99Us                    int64   `json:"refresh_hit_p99_us"`
+	RefreshOffP99Us                    int64   `json:"refresh_off_p99_us"`
+
 	Notes map[string]string `json:"notes"`
 }
 
@@ -157,7 +168,7 @@ func main() {
 	users := flag.Int("users", envInt("BENCH_USERS", 100_000), "distinct users of the memory phase")
 	outage := flag.Duration("outage", envDuration("BENCH_OUTAGE", 10*time.Second), "length of the IdP outage")
 	keyBits := flag.Int("key-bits", envInt("BENCH_KEY_BITS", 1024), "RSA key size of the IdP")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time) or \"\" for all")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, or \"\" for all")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // the OIDC library logs its routes
 	if *users < pagesAtUsers {
@@ -264,8 +275,11 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		}
 	})
 
-	if only == "module" {
+	switch only {
+	case "module":
 		return res, b.moduleTimes(res)
+	case "refresh":
+		return res, b.refresh(res)
 	}
 
 	// Phase A: burst, release, hit and passthrough, outage, on one proxy.
@@ -293,6 +307,11 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		return nil, err
 	}
 	p.SetResponseHook(nil)
+
+	progress("refresh: %d active users, a request every %v each, over %d token lifetimes of %v", refreshUsers, refreshEvery, refreshLifetimes, refreshLifetime)
+	if err := b.refresh(res); err != nil {
+		return nil, err
+	}
 
 	// Phase B: many users, on a fresh proxy.
 	if err := b.startProxy(); err != nil {
@@ -374,9 +393,14 @@ func (b *bench) launch(cfg host.Config) (*host.Host, error) {
 
 // proxyConfig is the filter's proxy: exchange on, audience kagenti-api, rules [/api].
 func (b *bench) proxyConfig(workers int, noTerminationChecks bool) host.Config {
+	return b.proxyConfigWith(workers, noTerminationChecks, "")
+}
+
+// proxyConfigWith adds top-level fields (a JSON fragment, e.g. `"refreshAheadSeconds":3,`).
+func (b *bench) proxyConfigWith(workers int, noTerminationChecks bool, extra string) host.Config {
 	secret, _ := b.idp.Client(filterClient)
 	plugin := `{"tokenEndpoint":"` + b.idp.TokenEndpoint() + `","cluster":"idp","clientId":"` + filterClient +
-		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET","tokenExchange":{"enabled":true,"audience":"` + apiAudience + `","newKeyExchangesPerSecond":0},` +
+		`","clientSecretEnv":"TOKEN_EXCHANGE_CLIENT_SECRET",` + extra + `"tokenExchange":{"enabled":true,"audience":"` + apiAudience + `","newKeyExchangesPerSecond":0},` +
 		// The API is under /api; anything else behind the gateway matches no rule and passes through.
 		`"rules":[{"pathPrefix":"/api"}]}`
 	return host.Config{
@@ -785,6 +809,11 @@ func printTable(w io.Writer, r *Result) {
 	row("floor_ns_per_req", r.FloorNsPerReq, "the floor filter: only the header work a hit needs; "+mm(r.FloorNsMinMax))
 	row("hit_over_passthrough", fmt.Sprintf("%.2f", r.HitOverPassthrough), "goal ≤ 2.0; per round "+mm(r.HitOverPassthroughMinMax))
 	row("hit_over_floor", fmt.Sprintf("%.2f", r.HitOverFloor), "goal ≤ 1.25; per round "+mm(r.HitOverFloorMinMax))
+	row("refresh_held_per_user", fmt.Sprintf("%.2f", r.RefreshHeldPerUser), fmt.Sprintf("goal 1.0 (refresh off: %.2f)", r.RefreshHeldPerUserOff))
+	row("refresh_exchanges_per_user_per_lifetime", fmt.Sprintf("%.2f", r.RefreshExchangesPerUserPerLifetime),
+		fmt.Sprintf("4 workers; the design gives %.2f whatever the workers", r.RefreshExpectedPerLifetime))
+	row("refresh_p99_us", r.RefreshP99Us, fmt.Sprintf("active users' request latency p99 (p50 %d); only hits: %d; refresh off: %d",
+		r.RefreshP50Us, r.RefreshHitP99Us, r.RefreshOffP99Us))
 	row("users", r.Users, "distinct users of the memory phase")
 	row("users_100k_shared_bytes", r.UsersSharedBytes, "shared-data bytes after them")
 	row("shared_bytes_bound", r.SharedBytesBound, fmt.Sprintf("README bound (within: %v)", r.SharedBytesBoundOK))
