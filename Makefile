@@ -10,13 +10,17 @@ FUZZTIME  ?= 30s
 # Fuzz targets run longer by `make fuzz`; `make test` runs only their seed corpora.
 FUZZ_TARGETS := \
 	./filter/config:FuzzParse \
+	./filter/config:FuzzNormalizePathFastPath \
 	./filter/internal/oauth:FuzzParseResponse \
 	./filter/internal/cache:FuzzDecodeSlot \
 	./filter/internal/cache:FuzzDecodeServiceToken \
 	./filter/internal/oauth:FuzzUserTokenExpiry \
 	./filter/internal/seal:FuzzOpen
 
-.PHONY: all build test vet run bench fuzz oci-layout push clean
+.PHONY: all build test vet run bench fuzz oci-layout push clean stack stack-down test-stack
+
+# The real stack (make stack): Docker Compose, else Podman Compose.
+COMPOSE   ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; else echo podman compose; fi)
 
 # Image publishing: make push IMG=registry/repo:tag [FORMAT=compat|oci|both] [INSECURE=1]
 IMG       ?=
@@ -75,6 +79,20 @@ oci-layout: build
 push: build
 	@test -n "$(IMG)" || { echo "usage: make push IMG=registry/repo:tag [FORMAT=compat|oci|both] [INSECURE=1]"; exit 2; }
 	$(GO) run ./cmd/wasm-image push -wasm $(WASM) -image $(IMG) -format $(FORMAT) $(if $(INSECURE),-insecure)
+
+## stack: build the module and start the real stack (Keycloak, Envoy, the echo upstream) with
+## Docker or Podman Compose (envoy-config/compose.yaml); ENVOY_IMAGE and KEYCLOAK_IMAGE pick versions
+stack: build
+	$(COMPOSE) -f envoy-config/compose.yaml up -d --build --wait
+
+## stack-down: stop the stack
+stack-down:
+	$(COMPOSE) -f envoy-config/compose.yaml down
+
+## test-stack: the end-to-end tests that make sense against a real Keycloak and Envoy, against make stack
+test-stack:
+	E2E_IDP_URL=http://127.0.0.1:18180 E2E_PROXY_URL=http://127.0.0.1:10000 E2E_ADMIN_URL=http://127.0.0.1:9901 \
+		$(GO) test -count=1 -v -run '^TestStack' ./e2e
 
 clean:
 	rm -rf build
