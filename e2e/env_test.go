@@ -27,6 +27,8 @@ type env struct {
 	client   *http.Client
 	// fill completes a plugin fragment as newEnv did (for Reconfigure).
 	fill func(fragment string) []byte
+	// hostCfg is the proxy's configuration (another replica starts with it: replica).
+	hostCfg host.Config
 
 	mu      sync.Mutex
 	secrets map[string]bool // every token and secret seen: none may appear in a log line
@@ -118,7 +120,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		name := fmt.Sprintf("token-exchange-%d", i+2)
 		more = append(more, host.Plugin{Name: name, RootID: name, Config: fill(fragment)})
 	}
-	px, err := host.Start(context.Background(), host.Config{
+	hostCfg := host.Config{
 		Module:          module,
 		PluginConfig:    fill(o.plugin),
 		Plugins:         more,
@@ -131,11 +133,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Clusters:        map[string]string{"idp": p.Addr(), "upstream": u.Addr()},
 		UpstreamCluster: "upstream",
 		Env:             map[string]string{"TOKEN_EXCHANGE_CLIENT_SECRET": secret.Secret},
-	})
+	}
+	px, err := host.Start(context.Background(), hostCfg)
 	if err != nil {
 		t.Fatalf("starting the proxy: %v", err)
 	}
-	e := &env{t: t, idp: p, upstream: u, proxy: px, fill: fill, secrets: map[string]bool{secret.Secret: true},
+	e := &env{t: t, idp: p, upstream: u, proxy: px, fill: fill, hostCfg: hostCfg, secrets: map[string]bool{secret.Secret: true},
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	t.Cleanup(func() {
 		e.assertNoSecretInLogs()
@@ -147,6 +150,26 @@ func newEnv(t *testing.T, o envOptions) *env {
 		}
 	})
 	return e
+}
+
+// replica starts one more proxy like e.proxy: another Envoy of the same gateway, with shared
+// data of its own, in front of the same IdP and upstream. It is closed with the test, and its
+// traps fail the test like the first proxy's.
+func (e *env) replica() *host.Host {
+	e.t.Helper()
+	px, err := host.Start(context.Background(), e.hostCfg)
+	if err != nil {
+		e.t.Fatalf("starting a replica: %v", err)
+	}
+	e.t.Cleanup(func() {
+		_ = px.Close()
+		for _, l := range px.Logs() {
+			if l.Host {
+				e.t.Errorf("replica host reported (worker %d): %s", l.Worker, l.Message)
+			}
+		}
+	})
+	return px
 }
 
 // userToken mints a real access token for username, as the UI client's login would.
