@@ -12,7 +12,7 @@
 //	BENCH_USERS          distinct users of the memory phase (default 100000)
 //	BENCH_OUTAGE         length of the IdP outage (default 10s)
 //	BENCH_KEY_BITS       RSA key size of the IdP (default 1024, see below)
-//	BENCH_ONLY           "module" or "refresh": only that phase
+//	BENCH_ONLY           "module", "refresh" or "fleet": only that phase
 //
 // What is measured (see the notes field of the output, which says the same):
 //
@@ -159,6 +159,13 @@ type Result struct {
 	RefreshHitP99Us                    int64   `json:"refresh_hit_p99_us"`
 	RefreshOffP99Us                    int64   `json:"refresh_off_p99_us"`
 
+	// The fleet phase (fleet.go).
+	FleetReplicas             int     `json:"fleet_replicas"`
+	FleetUsers                int     `json:"fleet_users"`
+	FleetExchangesPerUserRR   float64 `json:"fleet_exchanges_per_user_rr"`
+	FleetExchangesPerUserHash float64 `json:"fleet_exchanges_per_user_hash"`
+	FleetRemappedShare        float64 `json:"fleet_remapped_share"`
+
 	Notes map[string]string `json:"notes"`
 }
 
@@ -168,7 +175,7 @@ func main() {
 	users := flag.Int("users", envInt("BENCH_USERS", 100_000), "distinct users of the memory phase")
 	outage := flag.Duration("outage", envDuration("BENCH_OUTAGE", 10*time.Second), "length of the IdP outage")
 	keyBits := flag.Int("key-bits", envInt("BENCH_KEY_BITS", 1024), "RSA key size of the IdP")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, or \"\" for all")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, fleet, or \"\" for all")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // the OIDC library logs its routes
 	if *users < pagesAtUsers {
@@ -280,6 +287,8 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		return res, b.moduleTimes(res)
 	case "refresh":
 		return res, b.refresh(res)
+	case "fleet":
+		return res, b.fleet(res)
 	}
 
 	// Phase A: burst, release, hit and passthrough, outage, on one proxy.
@@ -310,6 +319,11 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 
 	progress("refresh: %d active users, a request every %v each, over %d token lifetimes of %v", refreshUsers, refreshEvery, refreshLifetimes, refreshLifetime)
 	if err := b.refresh(res); err != nil {
+		return nil, err
+	}
+
+	progress("fleet: %d proxies, round robin and consistent hashing", fleetReplicas)
+	if err := b.fleet(res); err != nil {
 		return nil, err
 	}
 
@@ -814,6 +828,9 @@ func printTable(w io.Writer, r *Result) {
 		fmt.Sprintf("4 workers; the design gives %.2f whatever the workers", r.RefreshExpectedPerLifetime))
 	row("refresh_p99_us", r.RefreshP99Us, fmt.Sprintf("active users' request latency p99 (p50 %d); only hits: %d; refresh off: %d",
 		r.RefreshP50Us, r.RefreshHitP99Us, r.RefreshOffP99Us))
+	row("fleet_exchanges_per_user_rr", fmt.Sprintf("%.2f", r.FleetExchangesPerUserRR), fmt.Sprintf("%d proxies behind round robin", r.FleetReplicas))
+	row("fleet_exchanges_per_user_hash", fmt.Sprintf("%.2f", r.FleetExchangesPerUserHash), "consistent hashing on the user token header; goal ≈ 1")
+	row("fleet_remapped_share", r.FleetRemappedShare, fmt.Sprintf("users moved when one of %d proxies leaves", r.FleetReplicas))
 	row("users", r.Users, "distinct users of the memory phase")
 	row("users_100k_shared_bytes", r.UsersSharedBytes, "shared-data bytes after them")
 	row("shared_bytes_bound", r.SharedBytesBound, fmt.Sprintf("README bound (within: %v)", r.SharedBytesBoundOK))
