@@ -12,7 +12,7 @@
 //	BENCH_USERS          distinct users of the memory phase (default 100000)
 //	BENCH_OUTAGE         length of the IdP outage (default 10s)
 //	BENCH_KEY_BITS       RSA key size of the IdP (default 1024, see below)
-//	BENCH_ONLY           "module", "refresh" or "fleet": only that phase
+//	BENCH_ONLY           "module", "refresh", "fleet" or "users": only that phase
 //
 // What is measured (see the notes field of the output, which says the same):
 //
@@ -175,7 +175,7 @@ func main() {
 	users := flag.Int("users", envInt("BENCH_USERS", 100_000), "distinct users of the memory phase")
 	outage := flag.Duration("outage", envDuration("BENCH_OUTAGE", 10*time.Second), "length of the IdP outage")
 	keyBits := flag.Int("key-bits", envInt("BENCH_KEY_BITS", 1024), "RSA key size of the IdP")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, fleet, or \"\" for all")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, fleet, users, or \"\" for all")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // the OIDC library logs its routes
 	if *users < pagesAtUsers {
@@ -289,6 +289,12 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		return res, b.refresh(res)
 	case "fleet":
 		return res, b.fleet(res)
+	case "users":
+		if err := b.startProxy(); err != nil {
+			return nil, err
+		}
+		defer b.proxy.Close()
+		return res, b.manyUsers(res, users)
 	}
 
 	// Phase A: burst, release, hit and passthrough, outage, on one proxy.
