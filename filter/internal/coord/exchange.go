@@ -143,26 +143,35 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 
 // backOff records a failed exchange in the key's slot, so that requests for the key (on every
 // worker) settle at once until the window ends instead of calling the IdP again, and returns a
-// note for the log line. The window doubles with consecutive failures up to 16 times
-// failureBackoffMs; configuration-class failures (every user fails alike) start 8 times longer.
+// note for the log line.
 func (s *exchangeSource) backOff(k cache.Key, fail *oauth.Failure, now int64) string {
-	w := s.w
+	if window, ok := s.w.backOffEntry(k, fail, now); ok {
+		return "; this user token backs off for " + strconv.FormatInt(window, 10) + " ms"
+	}
+	return ""
+}
+
+// backOffEntry writes a failure marker for entry k (a key's token entry, or its refresh entry)
+// with the back-off window: failureBackoffMs doubled with each consecutive failure up to 16
+// times, configuration-class failures (every user fails alike) starting 8 times longer. With
+// back-off off, or shared data refusing the marker, the lease is released instead (ok=false).
+func (w *Worker) backOffEntry(k cache.Key, fail *oauth.Failure, now int64) (windowMs int64, ok bool) {
 	base := w.cfg.FailureBackoffMs
 	if base == 0 {
 		_ = w.Cache.ReleaseLease(k, w.owner)
-		return ""
+		return 0, false
 	}
 	failures := w.Cache.Look(k, now).Failures // 0..16, read back from shared data
 	window := base << uint(min(failures, backoffDoublings))
 	if fail.Class == oauth.Configuration {
 		window *= configurationBackoffFactor
 	}
-	window = min(window, int64(config.MaxFailureBackoffMs))
+	window = min(window, longestBackoffMs(w.cfg))
 	if _, err := w.Cache.PutFailure(k, fail.StrictStatus(), now+window, now); err != nil {
 		_ = w.Cache.ReleaseLease(k, w.owner)
-		return ""
+		return 0, false
 	}
-	return "; this user token backs off for " + strconv.FormatInt(window, 10) + " ms"
+	return window, true
 }
 
 // settleFromCache ends flight f with what another worker left in shared data: its token, its

@@ -320,23 +320,10 @@ func (s *refreshSource) replaceIDs(key string, waiters []uint32, token, blob str
 // backOff records a failed refresh in the key's refresh entry (not in the token's), with the
 // exchange back-off's window, so that no worker refreshes the key again before it ends.
 func (s *refreshSource) backOff(rk cache.Key, fail *oauth.Failure, now int64) string {
-	w := s.w
-	base := w.cfg.FailureBackoffMs
-	if base == 0 {
-		_ = w.Cache.ReleaseLease(rk, w.owner)
-		return ""
+	if window, ok := s.w.backOffEntry(rk, fail, now); ok {
+		return "; its refresh backs off for " + strconv.FormatInt(window, 10) + " ms"
 	}
-	failures := w.Cache.Look(rk, now).Failures
-	window := base << uint(min(failures, backoffDoublings))
-	if fail.Class == oauth.Configuration {
-		window *= configurationBackoffFactor
-	}
-	window = min(window, longestBackoffMs(w.cfg))
-	if _, err := w.Cache.PutFailure(rk, fail.StrictStatus(), now+window, now); err != nil {
-		_ = w.Cache.ReleaseLease(rk, w.owner)
-		return ""
-	}
-	return "; its refresh backs off for " + strconv.FormatInt(window, 10) + " ms"
+	return ""
 }
 
 // poll ends a wait on another worker's refresh: its token, once stored, or the old one when
