@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kagenti/token-exchange-filter/e2e/idp"
+	"github.com/kagenti/token-exchange-filter/e2e/upstream"
 )
+
+func claim(e upstream.Echo, name string) string { v, _ := e.Claims[name].(string); return v }
 
 // Short-lived exchanged tokens for the refresh tests: 8 s from the IdP, 2 s of skew, so 6 s
 // usable; a 4 s window makes a token due 2 s after it was stored, and the half-lifetime rule
@@ -114,5 +118,75 @@ func TestE2E_MinLifetimeRouteWaitsForFreshToken(t *testing.T) {
 	}
 	if exp, _ := stream.echo.Claims["exp"].(float64); time.Until(time.Unix(int64(exp), 0)) < 5*time.Second {
 		t.Errorf("the streaming route's token expires in %v, under its minLifetimeSeconds", time.Until(time.Unix(int64(exp), 0)))
+	}
+}
+
+// A refresh that fails leaves the old token in use until it expires: requests keep being served
+// with it at once, none falls back to the service account.
+func TestE2E_FailedRefreshKeepsTheOldToken(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 4, plugin: refreshPlugin, beforeProxy: func(p *idp.IdP) {
+		p.SetAccessTokenLifetime(refreshTokenLifetime)
+	}})
+	e.serviceTokenReady()
+	tok, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.remember(tok)
+	first := e.get("/api", tok)
+	e.wantUserToken(first, "alice")
+	e.idp.SetFault(idp.TokenExchangeOnly, idp.Fault{Kind: idp.FaultStatus, Status: 503})
+	// Until the refresh has been tried and failed (3 s after the token was stored), and after.
+	deadline := time.Now().Add(10 * time.Second)
+	for failed := uint64(0); failed == 0; failed, _ = e.proxy.Metric("token_exchange.refresh.failure") {
+		if time.Now().After(deadline) {
+			t.Fatal("no refresh was tried")
+		}
+		r := e.get("/api", tok)
+		e.wantUserToken(r, "alice")
+		if claim(r.echo, "jti") != claim(first.echo, "jti") {
+			t.Fatal("another token than the cached one was sent")
+		}
+		time.Sleep(100 * time.Millisecond) // the user's pace
+	}
+	for range 5 {
+		r := e.get("/api", tok)
+		e.wantUserToken(r, "alice")
+		if claim(r.echo, "jti") != claim(first.echo, "jti") {
+			t.Fatal("after the failed refresh, another token than the cached one was sent")
+		}
+	}
+}
+
+// A user token that expires before the cached token leaves nothing to refresh: no callout.
+func TestE2E_NoRefreshPastTheUserTokenExp(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 2, plugin: refreshPlugin, beforeProxy: func(p *idp.IdP) {
+		p.SetAccessTokenLifetime(refreshTokenLifetime)
+	}})
+	e.serviceTokenReady()
+	tok, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 5 * time.Second}) // before the 6 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.remember(tok)
+	e.wantUserToken(e.get("/api", tok), "alice")
+	exchanges := e.idp.TokenExchangeCount()
+	// The user stays active through the token's refresh window (it opens 2 s after the exchange).
+	logged := func() bool {
+		for _, l := range e.proxy.Logs() {
+			if strings.Contains(l.Message, "the user token it was exchanged for expires first") {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(4 * time.Second); !logged(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no log line says why the token is not refreshed")
+		}
+		e.wantUserToken(e.get("/api", tok), "alice")
+	}
+	if n := e.idp.TokenExchangeCount(); n != exchanges {
+		t.Errorf("%d exchanges after the first, want none", n-exchanges)
 	}
 }

@@ -128,8 +128,6 @@ func (s *stack) envoyStat(admin, name string) uint64 {
 	return 0
 }
 
-func claim(e upstream.Echo, name string) string { v, _ := e.Claims[name].(string); return v }
-
 // wantExchanged: the upstream saw a token exchanged for user: their name, the API as audience,
 // the filter as authorised party, and no user token header.
 func (s *stack) wantExchanged(status int, e upstream.Echo, user string) {
