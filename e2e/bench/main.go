@@ -349,10 +349,10 @@ func run(module []byte, users int, outage time.Duration, keyBits int, only strin
 		"context: on_context_create, on_request_headers, on_response_headers, on_done, on_log, on_delete; wall clock "+
 		"inside the calls, host functions included), the user's token cached (memo and shared data). In process: "+
 		"Host.ServeHTTP called directly, one request at a time, one worker, wazero without termination checks; "+
-		"%d rounds of %d requests of each kind, the kinds alternating within every round; the figure is the "+
+		"%d rounds of %d requests of each kind (V8: %d), the kinds alternating within every round; the figure is the "+
 		"median round (ratios: median of the rounds' ratios), *_min_max the rounds' extremes, "+
 		"module_time_rounds_ns every round. v8_* is the same in V8 under node (e2e/bench/v8/host.mjs), "+
-		"whose host functions are JavaScript: they count in the module's time as Envoy's C++ ones do.", moduleTimeRounds, moduleTimeBatch)
+		"whose host functions are JavaScript: they count in the module's time as Envoy's C++ ones do.", moduleTimeRounds, moduleTimeBatch, v8Batch)
 	res.Notes["passthrough_ns_per_req"] = "a request with a user token to a path that matches no rule (the plugin " +
 		"has rules: [{pathPrefix: /api}]): the filter reads :path and leaves it alone; measured like hit_ns_per_req."
 	res.Notes["floor_ns_per_req"] = "e2e/bench/floor (reads and removes the user token header, writes " +
