@@ -53,11 +53,7 @@ func TestE2E_RefreshAheadOneExchangePerLifetimeAcrossWorkers(t *testing.T) {
 	}})
 	e.serviceTokenReady()
 	e.idp.SetLatency(idp.TokenExchangeOnly, refreshIdPLatency)
-	tok, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.remember(tok)
+	tok := e.longLivedToken("alice")
 	first := e.get("/api", tok)
 	e.wantUserToken(first, "alice")
 	start := time.Now()
@@ -97,11 +93,7 @@ func TestE2E_MinLifetimeRouteWaitsForFreshToken(t *testing.T) {
 		`"rules":[{"pathPrefix":"/api/stream","minLifetimeSeconds":5},{"pathPrefix":"/api"}]`,
 		beforeProxy: func(p *idp.IdP) { p.SetAccessTokenLifetime(refreshTokenLifetime) }})
 	e.serviceTokenReady()
-	tok, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.remember(tok)
+	tok := e.longLivedToken("alice")
 	e.wantUserToken(e.get("/api", tok), "alice")
 	first := e.idp.TokenExchangeCount()
 	time.Sleep(1500 * time.Millisecond) // 4.5 s of 6 left: under the route's 5 (the token's age is the condition)
@@ -128,11 +120,7 @@ func TestE2E_FailedRefreshKeepsTheOldToken(t *testing.T) {
 		p.SetAccessTokenLifetime(refreshTokenLifetime)
 	}})
 	e.serviceTokenReady()
-	tok, err := e.idp.MintUserTokenWith("alice", uiClient, idp.MintOptions{Lifetime: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.remember(tok)
+	tok := e.longLivedToken("alice")
 	first := e.get("/api", tok)
 	e.wantUserToken(first, "alice")
 	e.idp.SetFault(idp.TokenExchangeOnly, idp.Fault{Kind: idp.FaultStatus, Status: 503})
@@ -189,4 +177,15 @@ func TestE2E_NoRefreshPastTheUserTokenExp(t *testing.T) {
 	if n := e.idp.TokenExchangeCount(); n != exchanges {
 		t.Errorf("%d exchanges after the first, want none", n-exchanges)
 	}
+}
+
+// longLivedToken is a 10-minute user token: longer than every exchanged token of these tests.
+func (e *env) longLivedToken(username string) string {
+	e.t.Helper()
+	tok, err := e.idp.MintUserTokenWith(username, uiClient, idp.MintOptions{Lifetime: 10 * time.Minute})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.remember(tok)
+	return tok
 }
