@@ -58,7 +58,8 @@ run: build
 	./build/demo -wasm $(WASM)
 
 ## bench: Go benchmarks of the hot paths (ns/op, allocs/op), then the end-to-end benchmark in the
-## e2e host with 4 workers, written to build/bench.json (BENCH_USERS, BENCH_OUTAGE shorten it)
+## e2e host (module time in wazero and, with node, V8; burst, refresh, fleet, 100,000 users), written
+## to build/bench.json (BENCH_USERS, BENCH_OUTAGE shorten it; BENCH_ONLY=module|refresh|fleet|users)
 bench: build
 	TOKEN_EXCHANGE_WASM=$(CURDIR)/$(WASM) $(GO) test -run='^$$' -bench=. -benchmem ./...
 	$(GO) run ./e2e/bench -wasm $(WASM) -out build/bench.json
