@@ -86,6 +86,15 @@ func (s *exchangeSource) claim(f *flight.Flight, now int64) bool {
 		s.settleFromCache(f, cur, generation)
 		return false
 	}
+	// Lease first, then look again: a refresh that leased the key's refresh entry between our
+	// look and our lease must stay the only callout; wait for it instead.
+	if err == nil {
+		if r := s.w.Cache.Look(cache.RefreshKey(cacheKey(f.Key)), now); r.State == cache.Leased {
+			_ = s.w.Cache.ReleaseLease(cacheKey(f.Key), s.w.owner)
+			f.Remote, f.Dispatched = true, true
+			return false
+		}
+	}
 	// err != nil: shared data refused; exchanging without a lease is still correct.
 	return true
 }

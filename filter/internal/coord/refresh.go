@@ -197,6 +197,13 @@ func (s *refreshSource) claim(f *flight.Flight, now int64) bool {
 		s.end(f, nil)
 		return false
 	}
+	// Lease first, then look: an exchange of the key (its token expired meanwhile) that leased
+	// the token entry between our look and our lease must stay the only callout.
+	if cur := w.Cache.Look(k, now); cur.State == cache.Leased {
+		_ = w.Cache.ReleaseLease(rk, w.owner)
+		s.waitOrEnd(f)
+		return false
+	}
 	w.count(RefreshStarted)
 	return true
 }
@@ -270,6 +277,16 @@ func (s *refreshSource) result(key string, tok oauth.Token, fail *oauth.Failure,
 	k := cacheKey(key[len(refreshFlightPrefix):])
 	rk := cache.RefreshKey(k)
 	defer w.wakeOthers()
+	if _, newer := w.flights.Get(key); newer {
+		// A late answer to an abandoned refresh while a newer one runs: the lease and the memo
+		// note are the newer one's. A token still fills the cache.
+		if fail == nil {
+			if lifeMs, ok := w.lifetimeMs(tok); ok && len(tok.AccessToken)+seal.Overhead <= cache.MaxTokenBytes {
+				_ = w.Cache.Put(k, w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs), now+lifeMs, now)
+			}
+		}
+		return
+	}
 	if fail != nil {
 		note := s.backOff(rk, fail, now)
 		w.warns.warn(w, "refresh:"+fail.Class.String(), now, "refreshing a cached token failed: "+fail.String()+
@@ -363,7 +380,8 @@ func (s *refreshSource) full(req *Request) { req.useStale(&oauth.Failure{Class: 
 // reply).
 func (req *Request) useStale(fail *oauth.Failure) {
 	w := req.w
-	if e := req.stale; e != nil && w.host.NowMs() < e.untilMs {
+	// Not a token dropped meanwhile (an upstream 401 bumps the generation word).
+	if e := req.stale; e != nil && w.host.NowMs() < e.untilMs && e.generation == w.Cache.Generation() {
 		w.count(CacheHit)
 		req.useBearer(e.bearer, e.key, e.token, "")
 		return

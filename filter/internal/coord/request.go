@@ -95,6 +95,8 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		generation := w.Cache.Generation()
 		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
 			req.removeUserTokenHeader(hdr, ex)
+			// A fresh token this request may wait for is capped by the same user token's exp.
+			req.userUntilMs = e.userUntilMs
 			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
 				if req.mustWait(e, token, ex, now) {
 					return req.action()

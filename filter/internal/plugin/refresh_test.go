@@ -173,3 +173,32 @@ func (h *harness) logged(part string) bool {
 	}
 	return false
 }
+
+// A token fetched for a request held from the memo path is still capped by the user token's
+// own exp: once that has passed, the fresh token is not sent (the user token is refused
+// locally and the service-account token goes instead).
+func TestFreshTokenOfAHeldMemoHitEndsWithTheUserToken(t *testing.T) {
+	clock := fakeClock(t)
+	h := start(t, "go", pluginConfig(exchangeOn+`,"minLifetimeSeconds":60`))
+	h.serviceTokenReady()
+	user := jwt(`{"sub":"user-a","exp":` + strconv.FormatInt(clock.ms/1000+250, 10) + `}`)
+	id, _ := h.userRequest(user)
+	h.answer(h.oneCallout(exchangeGrant), "200", tokenBody(testExchanged, 150))
+	h.wantForwarded(id, testExchanged)
+	h.wantForwarded(h.requestFor(user), testExchanged) // now a memo hit
+	clock.advance(100_000)                             // 20 s of 120 left: under 60
+	held := h.requestFor(user)
+	h.wantHeld(held)
+	h.answer(h.oneCallout(exchangeGrant), "200", tokenBody(testRefreshed, 400))
+	h.wantForwarded(held, testRefreshed)
+	clock.advance(200_000) // the user token expired 50 s ago; the refreshed token has 140 s left
+	h.host.Tick()          // the service-account token is renewed meanwhile
+	h.answer(h.oneCallout("client_credentials"), "200", tokenBody(testServiceToken, 300))
+	late := h.requestFor(user)
+	h.wantForwarded(late, testServiceToken)
+}
+
+func (h *harness) requestFor(token string) uint32 {
+	id, _ := h.userRequest(token)
+	return id
+}
