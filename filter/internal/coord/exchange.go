@@ -128,18 +128,8 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 		return
 	}
 	s.invalidStreak = 0
-	lifeMs, ok := w.lifetimeMs(tok)
-	stored, blob := false, ""
-	if ok && len(tok.AccessToken)+seal.Overhead <= cache.MaxTokenBytes {
-		sealed := w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs)
-		err := w.Cache.Put(k, sealed, now+lifeMs, now)
-		if err != nil {
-			w.warns.warn(w, "cache", now, "storing an exchanged token in shared data failed: "+err.Error())
-		}
-		if stored = err == nil; stored {
-			blob = sealed
-		}
-	}
+	lifeMs, blob := w.storeFresh(k, tok, now, "an exchanged")
+	stored := blob != ""
 	if !stored {
 		// Nothing shared (no time left, too long for an entry, or the write failed): free the
 		// key so that other workers' waiters exchange at once instead of waiting on our lease.
@@ -148,6 +138,23 @@ func (s *exchangeSource) result(key string, tok oauth.Token, fail *oauth.Failure
 	// A token this fresh cannot have been dropped yet: the current word files it safely.
 	generation := w.Cache.Generation()
 	w.settleIDs(waiters, func(req *Request) { req.useExchanged(tok.AccessToken, blob, key, now+lifeMs, now, generation) })
+}
+
+// storeFresh seals a fetched token and stores it under k until its usable lifetime ends, and
+// returns that lifetime (0: no known expiry or none left, nothing stored) and the sealed entry
+// ("" when nothing was stored: no time left, too long for an entry, or the write failed, which
+// is logged as what's token, e.g. "an exchanged").
+func (w *Worker) storeFresh(k cache.Key, tok oauth.Token, now int64, what string) (lifeMs int64, blob string) {
+	lifeMs, ok := w.lifetimeMs(tok)
+	if !ok || len(tok.AccessToken)+seal.Overhead > cache.MaxTokenBytes {
+		return lifeMs, ""
+	}
+	sealed := w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs)
+	if err := w.Cache.Put(k, sealed, now+lifeMs, now); err != nil {
+		w.warns.warn(w, "cache", now, "storing "+what+" token in shared data failed: "+err.Error())
+		return lifeMs, ""
+	}
+	return lifeMs, sealed
 }
 
 // backOff records a failed exchange in the key's slot, so that requests for the key (on every

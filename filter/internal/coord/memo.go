@@ -33,6 +33,17 @@ type memoEntry struct {
 	nextCheckMs  int64
 }
 
+// newMemoEntry is the entry of exchanged token (sealed in shared data as blob, under key) usable
+// until untilMs, stored at storedAtMs, for a user token that expires at userUntilMs (0: unknown).
+func newMemoEntry(token, blob, key string, untilMs, storedAtMs, userUntilMs int64, generation uint64) *memoEntry {
+	e := &memoEntry{bearer: "Bearer " + token, token: blob, key: key, untilMs: untilMs, generation: generation,
+		tokenUntilMs: untilMs, storedAtMs: storedAtMs, userUntilMs: userUntilMs}
+	if userUntilMs != 0 {
+		e.untilMs = min(untilMs, userUntilMs)
+	}
+	return e
+}
+
 type memo struct {
 	entries map[memoKey]*memoEntry
 	bytes   int // what the entries' strings hold

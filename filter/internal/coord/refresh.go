@@ -7,7 +7,6 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
-	"github.com/kagenti/token-exchange-filter/filter/internal/seal"
 )
 
 // Refresh ahead of expiry. A request whose cached token has less than refreshAheadSeconds of
@@ -281,9 +280,7 @@ func (s *refreshSource) result(key string, tok oauth.Token, fail *oauth.Failure,
 		// A late answer to an abandoned refresh while a newer one runs: the lease and the memo
 		// note are the newer one's. A token still fills the cache.
 		if fail == nil {
-			if lifeMs, ok := w.lifetimeMs(tok); ok && len(tok.AccessToken)+seal.Overhead <= cache.MaxTokenBytes {
-				_ = w.Cache.Put(k, w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs), now+lifeMs, now)
-			}
+			w.storeFresh(k, tok, now, "a refreshed")
 		}
 		return
 	}
@@ -296,18 +293,9 @@ func (s *refreshSource) result(key string, tok oauth.Token, fail *oauth.Failure,
 		w.pollRemote(now)
 		return
 	}
-	lifeMs, ok := w.lifetimeMs(tok)
-	blob := ""
-	if ok && len(tok.AccessToken)+seal.Overhead <= cache.MaxTokenBytes {
-		sealed := w.sealer.Seal(tok.AccessToken, k[:], now+lifeMs)
-		if err := w.Cache.Put(k, sealed, now+lifeMs, now); err != nil {
-			w.warns.warn(w, "cache", now, "storing a refreshed token in shared data failed: "+err.Error())
-		} else {
-			blob = sealed
-		}
-	}
+	lifeMs, blob := w.storeFresh(k, tok, now, "a refreshed")
 	_ = w.Cache.ReleaseLease(rk, w.owner)
-	if !ok {
+	if lifeMs == 0 {
 		delete(s.old, key)
 		w.settleIDs(waiters, func(req *Request) { req.useStale(nil) })
 		return
@@ -318,20 +306,21 @@ func (s *refreshSource) result(key string, tok oauth.Token, fail *oauth.Failure,
 	w.pollRemote(now)
 }
 
-// replaceIDs is replace for a flight already finished (key and its waiters given).
+// replaceIDs is replace for a flight already finished (key and its waiters given). The memo
+// entry of the user token that started the refresh is replaced once; its waiters (the same
+// user token, audience and scope: the same key) are sent with it.
 func (s *refreshSource) replaceIDs(key string, waiters []uint32, token, blob string, untilMs, storedAtMs int64, generation uint64) {
 	w := s.w
 	cacheKey := key[len(refreshFlightPrefix):]
-	if old, ok := s.old[key]; ok && old.key.userToken != "" {
-		e := &memoEntry{bearer: "Bearer " + token, token: blob, key: cacheKey, untilMs: untilMs, generation: generation,
-			tokenUntilMs: untilMs, storedAtMs: storedAtMs, userUntilMs: old.entry.userUntilMs}
-		if e.userUntilMs != 0 {
-			e.untilMs = min(untilMs, e.userUntilMs)
-		}
-		w.memo.put(old.key, e)
-	}
+	old, ok := s.old[key]
 	delete(s.old, key)
-	w.settleIDs(waiters, func(req *Request) { req.useExchanged(token, blob, cacheKey, untilMs, storedAtMs, generation) })
+	if !ok || old.key.userToken == "" {
+		w.settleIDs(waiters, func(req *Request) { req.useExchanged(token, blob, cacheKey, untilMs, storedAtMs, generation) })
+		return
+	}
+	e := newMemoEntry(token, blob, cacheKey, untilMs, storedAtMs, old.entry.userUntilMs, generation)
+	w.memo.put(old.key, e)
+	w.settleIDs(waiters, func(req *Request) { req.useBearer(e.bearer, e.key, e.token, "") })
 }
 
 // backOff records a failed refresh in the key's refresh entry (not in the token's), with the

@@ -309,12 +309,7 @@ func (req *Request) useExchanged(token, blob, key string, untilMs, storedAtMs in
 
 // entryFor is the memo entry of an exchanged token for this request's user token.
 func (req *Request) entryFor(token, blob, key string, untilMs, storedAtMs int64, generation uint64) *memoEntry {
-	e := &memoEntry{bearer: "Bearer " + token, token: blob, key: key, untilMs: untilMs, generation: generation,
-		tokenUntilMs: untilMs, storedAtMs: storedAtMs, userUntilMs: req.userUntilMs}
-	if req.userUntilMs != 0 {
-		e.untilMs = min(untilMs, req.userUntilMs)
-	}
-	return e
+	return newMemoEntry(token, blob, key, untilMs, storedAtMs, req.userUntilMs, generation)
 }
 
 // useBearer writes a ready "Bearer …" value; usedKey and exchanged, or usedService, say what it
