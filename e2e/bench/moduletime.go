@@ -38,9 +38,6 @@ const (
 	v8Warmup         = 5000
 )
 
-// floorUserToken is a JWT-shaped user token for the floor filter (which never reads it).
-const floorUserToken = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmbG9vciJ9.floor-user-token"
-
 // timedKind is one kind of request measured by moduleTime.
 type timedKind struct {
 	name   string
@@ -60,26 +57,32 @@ func (b *bench) moduleTime(res *Result) error {
 		return err
 	}
 	defer filter.Close()
+	_, tokens, err := b.newUsers(1)
+	if err != nil {
+		return err
+	}
+	// The floor writes the very value the filter writes for this user (same bytes to copy).
+	authorization, err := b.hitAuthorization(filter, tokens[0])
+	if err != nil {
+		return err
+	}
 	floorModule, err := buildFloor()
 	if err != nil {
 		return err
 	}
 	floor, err := host.Start(context.Background(), host.Config{Module: floorModule, Workers: 1, NoTerminationChecks: true,
-		Clusters: map[string]string{"upstream": b.up.Addr()}, UpstreamCluster: "upstream", LogLevel: host.LogInfo})
+		PluginConfig: []byte(authorization), Clusters: map[string]string{"upstream": b.up.Addr()},
+		UpstreamCluster: "upstream", LogLevel: host.LogInfo})
 	if err != nil {
 		return err
 	}
 	defer floor.Close()
 
-	_, tokens, err := b.newUsers(1)
-	if err != nil {
-		return err
-	}
 	kinds := []*timedKind{
 		{name: "hit", px: filter, path: "/api", token: tokens[0], metric: "token_exchange.cache.hit"},
 		// The same user token, to a path no rule matches: the filter leaves the request alone.
 		{name: "passthrough", px: filter, path: "/static/app.js", token: tokens[0], metric: "token_exchange.requests_passed_through"},
-		{name: "floor", px: floor, path: "/api", token: floorUserToken},
+		{name: "floor", px: floor, path: "/api", token: tokens[0]},
 	}
 	// The first request exchanges the hit user's token; the warm-up runs every path often
 	// enough for the runtime's heap and the memo to settle.
@@ -142,6 +145,20 @@ func (b *bench) moduleTime(res *Result) error {
 		res.addRounds("wazero "+k.name, k.perRound)
 	}
 	return nil
+}
+
+// hitAuthorization is the authorization value px's filter sends upstream for userToken (its
+// first request exchanges it).
+func (b *bench) hitAuthorization(px *host.Host, userToken string) (string, error) {
+	b.up.Reset()
+	if err := serveOne(px, "/api", userToken); err != nil {
+		return "", fmt.Errorf("the hit user's first request: %w", err)
+	}
+	reqs := b.up.Requests()
+	if len(reqs) != 1 || !strings.HasPrefix(reqs[0].Header.Get("Authorization"), "Bearer ") {
+		return "", fmt.Errorf("the hit user's first request did not reach the upstream with a bearer token")
+	}
+	return reqs[0].Header.Get("Authorization"), nil
 }
 
 // serveOne sends one GET through px's handler in this goroutine and checks the upstream answered.

@@ -406,7 +406,12 @@ async function main() {
     await filter.tick();
   }
   if (![...filter.shared.keys()].some((k) => k.endsWith(":sa"))) throw new Error("no service-account token: " + filter.logs.join(" | "));
-  const floor = new VM(readFileSync(spec.floor), "{}", {}, {});
+  // The floor writes the very authorization value the filter writes for this user: its first
+  // request (an exchange) shows it.
+  await request(filter, "/api", spec.userToken, null, true);
+  const authorization = filter.requestHeaders.find(([k]) => k === "authorization")?.[1];
+  if (!authorization?.startsWith("Bearer ")) throw new Error("the hit user's first request got no bearer token");
+  const floor = new VM(readFileSync(spec.floor), authorization, {}, {});
   await floor.start();
 
   let kinds = [
