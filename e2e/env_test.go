@@ -253,7 +253,7 @@ func (e *env) send(ctx context.Context, path, userToken string, remember func(st
 		req.Header.Set("x-user-oidc-token", userToken)
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+		req.Header.Add(headers[i], headers[i+1]) // a name given again (or the user token's) repeats
 	}
 	start := time.Now()
 	resp, err := e.client.Do(req)

@@ -621,3 +621,24 @@ func TestE2E_Upstream401ReachesEveryWorkersMemo(t *testing.T) {
 		t.Errorf("%d exchanges, want 2 (one after the drop)", n)
 	}
 }
+
+// BEHAVIOUR.md 14 on a memo hit, in the Envoy-faithful host (whose remove takes every value and
+// whose header map counts bytes, as Envoy's do): a repeated user-token header is an invalid
+// token even when its first value is a token the worker exchanged a moment ago, and no value
+// of it goes upstream.
+func TestE2E_RepeatedUserTokenHeaderOnAMemoHit(t *testing.T) {
+	e := newEnv(t, envOptions{workers: 1})
+	e.serviceTokenReady()
+	alice := e.userToken("alice")
+	e.wantUserToken(e.get("/api", alice), "alice")
+	for _, second := range []string{e.userToken("bob"), alice} {
+		e.wantServiceToken(e.get("/api", alice, "x-user-oidc-token", second))
+	}
+	e.wantUserToken(e.get("/api", alice), "alice") // sent once, still a memo hit
+	if n, _ := e.proxy.Metric("token_exchange.fallback.invalid_user_token"); n != 2 {
+		t.Fatalf("fallback.invalid_user_token = %d, want 2", n)
+	}
+	if n, _ := e.proxy.Metric("token_exchange.cache.hit"); n != 1 {
+		t.Fatalf("cache.hit = %d, want 1", n)
+	}
+}

@@ -31,6 +31,13 @@ var Module = sync.OnceValues(func() ([]byte, error) {
 	return Build()
 })
 
+// EmulatorModule is the filter built for the SDK's emulator (its wazero runner): with the
+// sdkemulator tag, which works Envoy's header-map byte size out from the header pairs, because
+// that runner exports no proxy_get_header_map_size. Everything else is make build's module.
+var EmulatorModule = sync.OnceValues(func() ([]byte, error) {
+	return BuildWith(Options{Compat: true, Tags: []string{"sdkemulator"}})
+})
+
 // Build compiles the filter as make build does: the pinned toolchain, the runtime patch for
 // older Envoys (internal/compat), then the body and trailer exports dropped (internal/wasmstrip).
 func Build() ([]byte, error) { return BuildWith(Options{Compat: true}) }

@@ -171,6 +171,15 @@ class VM {
         if (!m) return BAD_ARGUMENT;
         return vm.put(pairsBytes(m), retPtr, retSize);
       },
+      // Envoy's HeaderMap::byteSize(): every name's and value's length (context.cc getHeaderMapSize).
+      proxy_get_header_map_size(type, ret) {
+        const m = vm.headerMap(type);
+        if (!m) return BAD_ARGUMENT;
+        let n = 0;
+        for (const [k, v] of m) n += Buffer.byteLength(k) + Buffer.byteLength(v);
+        vm.mem().setUint32(ret, n, true);
+        return OK;
+      },
       proxy_replace_header_map_value(type, kp, kl, vp, vl) {
         const m = vm.headerMap(type);
         if (!m) return BAD_ARGUMENT;

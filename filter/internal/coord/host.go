@@ -71,6 +71,11 @@ type RequestHeaders interface {
 	// Count is how many values of name the request has (it may read every header: it is
 	// called only when a token is about to be validated, never on a memo hit).
 	Count(name string) int
+	// RemoveTakesAll reports whether Remove takes every value of name at once (Envoy), not one.
+	RemoveTakesAll() bool
+	// Size is the header map's byte size as Envoy counts it, the sum of every name's and
+	// value's length; false if the host cannot tell.
+	Size() (int, bool)
 }
 
 // Action is what OnRequestHeaders tells the host.

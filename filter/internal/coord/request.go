@@ -94,7 +94,9 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		req.memoKey = memoKey{token, ex.Audience, ex.Scope}
 		generation := w.Cache.Generation()
 		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
-			req.removeUserTokenHeader(hdr, ex)
+			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
+				return req.repeatedUserToken(ex, now)
+			}
 			// A fresh token this request may wait for is capped by the same user token's exp.
 			req.userUntilMs = e.userUntilMs
 			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
@@ -123,8 +125,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	}
 	generation := req.generation
 	if several {
-		w.warns.warn(w, "repeated-user-token", now, "a request carried "+ex.UserTokenHeader+" more than once; "+w.failureOutcomeShort())
-		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
+		return req.repeatedUserToken(ex, now)
 	}
 	if !oauth.ValidUserToken(token) {
 		w.warns.warn(w, "invalid-user-token", now, "a user token in "+ex.UserTokenHeader+
@@ -207,15 +208,17 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 // HeaderMap::remove); a host that takes one (the SDK's emulator) is covered by removing until
 // none is left, a bounded few times.
 func (req *Request) removeUserTokenHeader(hdr RequestHeaders, ex config.Exchange) {
-	if !ex.RemoveUserTokenHeader {
-		return
+	if ex.RemoveUserTokenHeader {
+		req.removeAll(hdr, ex.UserTokenHeader)
 	}
-	for range maxHeaderRemovals {
-		hdr.Remove(ex.UserTokenHeader)
-		if _, still := hdr.Get(ex.UserTokenHeader); !still {
-			return
-		}
-	}
+}
+
+// repeatedUserToken settles a request that carried the user-token header more than once: which
+// value is the user's is anybody's guess (a proxy in front may have appended one), so none is.
+func (req *Request) repeatedUserToken(ex config.Exchange, now int64) Action {
+	w := req.w
+	w.warns.warn(w, "repeated-user-token", now, "a request carried "+ex.UserTokenHeader+" more than once; "+w.failureOutcomeShort())
+	return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 }
 
 // withoutUserToken settles a request that brought no usable user token: strict mode answers

@@ -268,6 +268,14 @@ type mapHeaders map[string]string
 
 func (m mapHeaders) Get(name string) (string, bool) { v, ok := m[name]; return v, ok }
 func (m mapHeaders) Remove(name string)             { delete(m, name) }
+func (m mapHeaders) RemoveTakesAll() bool           { return true }
+func (m mapHeaders) Size() (int, bool) {
+	n := 0
+	for k, v := range m {
+		n += len(k) + len(v)
+	}
+	return n, true
+}
 func (m mapHeaders) Count(name string) int {
 	if _, ok := m[name]; ok {
 		return 1

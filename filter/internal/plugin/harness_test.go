@@ -25,8 +25,12 @@ var wasmModule = wasmbuild.Module
 // gets a fresh root context (the emulator creates plugin context 1 anew, replacing the previous
 // one inside the module, as Envoy does on a configuration update), a fresh shared-data store
 // and fresh queues; stream ids are unique across tests.
+//
+// It is the sdkemulator build (wasmbuild.EmulatorModule): the SDK's runner lacks one import of
+// the shipped module. The shipped module's imports and exports are checked in module_test.go,
+// and it runs in e2e/'s Envoy-faithful host.
 var wasmVM = sync.OnceValues(func() (proxytest.WasmVMContext, error) {
-	wasm, err := wasmModule()
+	wasm, err := wasmbuild.EmulatorModule()
 	if err != nil {
 		return nil, err
 	}

@@ -54,3 +54,7 @@ func (requestHeaders) Get(name string) (string, bool) {
 }
 
 func (requestHeaders) Remove(name string) { _ = proxywasm.RemoveHttpRequestHeader(name) }
+
+func (requestHeaders) RemoveTakesAll() bool { return removeTakesAll }
+
+func (requestHeaders) Size() (int, bool) { return requestHeaderMapSize() }

@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -86,6 +87,11 @@ func TestModuleLoadsInEnvoy(t *testing.T) {
 	}
 	sort.Strings(imports)
 	t.Logf("%d imports: %v", len(imports), imports)
+	// A memo hit tells a repeated user-token header by the header map's size (coord/headers.go):
+	// the shipped module asks Envoy for it; only the emulator's build works it out from the pairs.
+	if !slices.Contains(imports, "env.proxy_get_header_map_size") {
+		t.Errorf("the module does not import proxy_get_header_map_size: built with the sdkemulator tag?")
+	}
 
 	exports := m.ExportedFunctions()
 	for _, name := range []string{"proxy_abi_version_0_2_0", "_initialize", "proxy_on_memory_allocate",

@@ -752,3 +752,32 @@ func TestRepeatedUserTokenHeaderNeverGoesUpstream(t *testing.T) {
 		}
 	})
 }
+
+// A repeated user-token header counts as an invalid token on a memo hit too: the first value
+// being a token this VM exchanged a moment ago must not let a request through with a second
+// value riding along (BEHAVIOUR.md 14; a proxy in front may have appended either one).
+func TestRepeatedUserTokenHeaderOnAMemoHitIsInvalid(t *testing.T) {
+	forEachRunner(t, func(t *testing.T, runner string) {
+		h := start(t, runner, pluginConfig(exchangeOn))
+		h.serviceTokenReady()
+		id, _ := h.userRequest(testUserToken)
+		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 3600))
+		h.wantForwarded(id, testExchanged)
+
+		for _, second := range []string{testUserToken2, testUserToken} {
+			id, _ = h.request([2]string{headerUserToken, testUserToken}, [2]string{headerUserToken, second})
+			h.wantForwarded(id, testServiceToken)
+			for _, kv := range h.host.GetCurrentRequestHeaders(id) {
+				if kv[0] == headerUserToken {
+					t.Fatalf("%s went upstream (%d bytes)", headerUserToken, len(kv[1]))
+				}
+			}
+		}
+		// The memo still serves the same token sent once.
+		id, _ = h.userRequest(testUserToken)
+		h.wantForwarded(id, testExchanged)
+		if got := h.counter(metricFallbackInvalidToken); got != 2 {
+			t.Fatalf("%s = %d, want 2", metricFallbackInvalidToken, got)
+		}
+	})
+}
