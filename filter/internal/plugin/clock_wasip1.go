@@ -14,10 +14,13 @@ func clockTimeGet(id uint32, precision uint64, out *uint64) uint32
 const clockMonotonic = 1
 
 // monotonicMs is Envoy's monotonic clock in milliseconds, or 0 if the host refuses it.
+// clockOut receives the reading: a package variable, because the address of a local would make
+// it escape to the heap on every call (the VM runs one call at a time).
+var clockOut uint64
+
 func monotonicMs() int64 {
-	var ns uint64
-	if clockTimeGet(clockMonotonic, 1, &ns) != 0 {
+	if clockTimeGet(clockMonotonic, 1, &clockOut) != 0 {
 		return 0
 	}
-	return int64(ns / 1e6)
+	return int64(clockOut / 1e6)
 }

@@ -11,8 +11,6 @@ import "unsafe"
 //go:wasmimport env proxy_get_header_map_size
 func proxyGetHeaderMapSize(mapType uint32, size unsafe.Pointer) uint32
 
-const mapTypeRequestHeaders = 0
-
 // removeTakesAll: Envoy's proxy_remove_header_map_value takes every value of the name
 // (context.cc removeHeaderMapValue → HeaderMap::remove).
 const removeTakesAll = true

@@ -103,16 +103,19 @@ func logError(msg string) { proxywasm.LogError(coord.LogPrefix + msg) }
 type sharedStore struct{}
 
 func (sharedStore) Get(key string) ([]byte, uint32, error) {
-	v, cas, err := proxywasm.GetSharedData(key)
+	v, cas, found, refused := sharedData(key)
 	switch {
-	case err == nil:
+	case found:
 		return v, cas, nil
-	case errors.Is(err, types.ErrorStatusNotFound):
-		return nil, 0, cache.ErrNotFound
+	case refused:
+		return nil, 0, errSharedDataRefused
 	default:
-		return nil, 0, err
+		return nil, 0, cache.ErrNotFound
 	}
 }
+
+// errSharedDataRefused: the host answered a shared-data read with neither a value nor NotFound.
+var errSharedDataRefused = errors.New("shared data read refused")
 
 func (sharedStore) Set(key string, value []byte, cas uint32) error {
 	err := proxywasm.SetSharedData(key, value, cas)

@@ -48,10 +48,7 @@ func (requestHeaders) Count(name string) int {
 	return n
 }
 
-func (requestHeaders) Get(name string) (string, bool) {
-	v, err := proxywasm.GetHttpRequestHeader(name)
-	return v, err == nil
-}
+func (requestHeaders) Get(name string) (string, bool) { return requestHeader(name) }
 
 func (requestHeaders) Remove(name string) { _ = proxywasm.RemoveHttpRequestHeader(name) }
 
