@@ -145,6 +145,18 @@ class VM {
       }
       return out;
     };
+    // dropKey removes every value of key (HeaderMap::remove) and takes their bytes off the size.
+    const dropKey = (m, key, keyBytes) => {
+      let w = 0;
+      for (let r = 0; r < m.length; r++) {
+        if (m[r][0] === key) {
+          if (m.byteSize !== undefined) m.byteSize -= keyBytes + Buffer.byteLength(m[r][1]);
+        } else {
+          m[w++] = m[r];
+        }
+      }
+      m.length = w;
+    };
     return {
       proxy_log(level, ptr, len) { if (level >= 3) vm.logs.push(vm.str(ptr, len)); return OK; },
       proxy_get_log_level(ret) { vm.mem().setUint32(ret, 2, true); return OK; },
@@ -171,31 +183,34 @@ class VM {
         if (!m) return BAD_ARGUMENT;
         return vm.put(pairsBytes(m), retPtr, retSize);
       },
-      // Envoy's HeaderMap::byteSize(): every name's and value's length (context.cc getHeaderMapSize).
+      // Envoy's HeaderMap::byteSize(): every name's and value's length (context.cc getHeaderMapSize),
+      // kept up to date by each change rather than summed per call (header_map_impl.h byteSize()
+      // answers cached_byte_size_, which addSize/subtractSize maintain): here it is summed once
+      // after a change and kept until the next one.
       proxy_get_header_map_size(type, ret) {
         const m = vm.headerMap(type);
         if (!m) return BAD_ARGUMENT;
-        let n = 0;
-        for (const [k, v] of m) n += Buffer.byteLength(k) + Buffer.byteLength(v);
-        vm.mem().setUint32(ret, n, true);
+        if (m.byteSize === undefined) {
+          let n = 0;
+          for (const [k, v] of m) n += Buffer.byteLength(k) + Buffer.byteLength(v);
+          m.byteSize = n;
+        }
+        vm.mem().setUint32(ret, m.byteSize, true);
         return OK;
       },
       proxy_replace_header_map_value(type, kp, kl, vp, vl) {
         const m = vm.headerMap(type);
         if (!m) return BAD_ARGUMENT;
         const key = vm.str(kp, kl), val = vm.str(vp, vl);
-        const rest = m.filter(([k]) => k !== key);
-        m.length = 0;
-        m.push(...rest, [key, val]);
+        dropKey(m, key, kl);
+        m.push([key, val]);
+        if (m.byteSize !== undefined) m.byteSize += kl + vl;
         return OK;
       },
       proxy_remove_header_map_value(type, kp, kl) {
         const m = vm.headerMap(type);
         if (!m) return BAD_ARGUMENT;
-        const key = vm.str(kp, kl);
-        const rest = m.filter(([k]) => k !== key);
-        m.length = 0;
-        m.push(...rest);
+        dropKey(m, vm.str(kp, kl), kl);
         return OK;
       },
       proxy_get_shared_data(kp, kl, retPtr, retSize, retCas) {
