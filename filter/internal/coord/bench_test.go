@@ -106,3 +106,36 @@ func TestMemoIsBounded(t *testing.T) {
 		t.Fatalf("accounting: %d bytes counted, %d held", m.bytes, sum)
 	}
 }
+
+// The memo is keyed by a summary of the user token (its length and last bytes): a token made up
+// to share another's summary is never served the other's token, and only takes its place.
+func TestMemoSummaryCollisionIsAMissNeverAnotherTokensAnswer(t *testing.T) {
+	w, h, hdr := hitWorker(t)
+	a := userToken(7)
+	// The same length and the same last bytes, another header: a JWT of its own
+	// ({"axy":"RS256"} instead of {"alg":"RS256"}; base64 characters 4-7 are bytes 3-5).
+	b := a[:4] + "eHki" + a[8:]
+	if len(a) <= memoTail || a[len(a)-memoTail:] != b[len(b)-memoTail:] || (memoKey{userToken: a}).slot() != (memoKey{userToken: b}).slot() {
+		t.Fatal("the test tokens do not collide")
+	}
+	h.header, h.pending = "", nil
+	hdr["x-user-oidc-token"] = b
+	if w.NewRequest(2).OnRequestHeaders(hdr) == Continue && h.header == "Bearer xtok-bench" {
+		t.Fatal("a token sharing the summary of a cached one was sent that one's exchanged token")
+	}
+	if h.pending == nil {
+		t.Fatalf("the colliding token was not exchanged on its own (upstream got %q)", h.header)
+	}
+	h.pending(Answer{NumHeaders: 3, Status: 200, Body: []byte(`{"access_token":"xtok-b","expires_in":300}`)})
+	if h.header != "Bearer xtok-b" {
+		t.Fatalf("the colliding token's request got %q", h.header)
+	}
+	// Both users are served their own token from here on (a from shared data again).
+	for i, c := range []struct{ user, want string }{{a, "Bearer xtok-bench"}, {b, "Bearer xtok-b"}, {a, "Bearer xtok-bench"}} {
+		h.header = ""
+		hdr["x-user-oidc-token"] = c.user
+		if w.NewRequest(uint32(3+i)).OnRequestHeaders(hdr) != Continue || h.header != c.want {
+			t.Fatalf("request %d got %q, want %q", i, h.header, c.want)
+		}
+	}
+}

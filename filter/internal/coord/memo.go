@@ -5,8 +5,14 @@ package coord
 // word) instead of validating and hashing the token (SHA-256 of a 1.5 KB token is ~40 µs in
 // V8) and reading and decoding its slot. An entry is trusted only while the generation word is
 // what it was when the token was read from shared data (every drop on any worker bumps it) and
-// until the earlier of the token's and the user token's own expiry. Keys are exact strings, so
-// an entry can only ever answer the very token it was made for.
+// until the earlier of the token's and the user token's own expiry. An entry holds the user token
+// it was made for and answers only that very token.
+//
+// The map is not keyed by the whole user token: hashing 1.5 KB per hit (the runtime's fallback
+// hash; wasm has no AES instructions) cost as much as the compare. It is keyed by a summary —
+// the token's length and last bytes (a JWT ends in its signature) with audience and scope — and
+// a hit then compares the stored user token once. Tokens whose summaries collide (a sender can
+// make one up) only take each other's place: a miss, never another token's answer.
 
 // The memo is bounded by entries and by bytes (an entry holds the user token, the "Bearer …"
 // value and the sealed entry: ~3 KB with Keycloak's tokens, much more with padded ones), so
@@ -18,7 +24,24 @@ const (
 
 type memoKey struct{ userToken, audience, scope string }
 
+// memoTail is how many of a user token's last bytes its summary holds.
+const memoTail = 32
+
+// memoSlot is a memo key's summary: what the map hashes.
+type memoSlot struct {
+	size            int
+	tail            [memoTail]byte
+	audience, scope string
+}
+
+func (k memoKey) slot() memoSlot {
+	s := memoSlot{size: len(k.userToken), audience: k.audience, scope: k.scope}
+	copy(s.tail[:], k.userToken[max(0, len(k.userToken)-memoTail):])
+	return s
+}
+
 type memoEntry struct {
+	userToken  string // the user token it answers (the key's, kept for the compare)
 	bearer     string // "Bearer <exchanged token>", ready for the header
 	token      string // its sealed entry in shared data (an upstream 401 drops it by value)
 	key        string // its cache key, as a flight key
@@ -45,48 +68,60 @@ func newMemoEntry(token, blob, key string, untilMs, storedAtMs, userUntilMs int6
 }
 
 type memo struct {
-	entries map[memoKey]*memoEntry
+	entries map[memoSlot]*memoEntry
 	bytes   int // what the entries' strings hold
 }
 
-func entryBytes(k memoKey, e *memoEntry) int {
-	return len(k.userToken) + len(k.audience) + len(k.scope) + len(e.bearer) + len(e.token) + len(e.key)
+func entryBytes(s memoSlot, e *memoEntry) int {
+	return len(e.userToken) + len(s.audience) + len(s.scope) + len(e.bearer) + len(e.token) + len(e.key)
 }
 
 func (m *memo) get(k memoKey, nowMs int64, generation uint64) (*memoEntry, bool) {
-	e, ok := m.entries[k]
-	if !ok {
-		return nil, false
+	s := k.slot()
+	e, ok := m.entries[s]
+	if !ok || e.userToken != k.userToken {
+		return nil, false // (another token's entry stays: it is not stale)
 	}
 	if nowMs >= e.untilMs || e.generation != generation {
-		m.forget(k)
+		m.drop(s)
 		return nil, false
 	}
 	return e, true
 }
 
+// put files e under k; e is the caller's no more (its userToken becomes k's).
 func (m *memo) put(k memoKey, e *memoEntry) {
-	n := entryBytes(k, e)
+	e.userToken = k.userToken
+	s := k.slot()
+	n := entryBytes(s, e)
 	if n > maxMemoBytes/8 {
 		return // one huge token must not empty the memo
 	}
 	if m.entries == nil {
-		m.entries = make(map[memoKey]*memoEntry)
+		m.entries = make(map[memoSlot]*memoEntry)
 	}
-	m.forget(k)
+	m.drop(s) // the same token's older entry, or one whose summary collides
 	for len(m.entries) > 0 && (len(m.entries) >= maxMemoEntries || m.bytes+n > maxMemoBytes) {
 		for old := range m.entries { // a random one: Go's map order
-			m.forget(old)
+			m.drop(old)
 			break
 		}
 	}
-	m.entries[k] = e
+	m.entries[s] = e
 	m.bytes += n
 }
 
+// forget drops k's entry, if the memo holds one for that very token.
 func (m *memo) forget(k memoKey) {
-	if e, ok := m.entries[k]; ok {
-		m.bytes -= entryBytes(k, e)
-		delete(m.entries, k)
+	s := k.slot()
+	if e, ok := m.entries[s]; ok && e.userToken == k.userToken {
+		m.drop(s)
+	}
+}
+
+func (m *memo) drop(s memoSlot) {
+	if e, ok := m.entries[s]; ok {
+		m.bytes -= entryBytes(s, e)
+		delete(m.entries, s)
 	}
 }
