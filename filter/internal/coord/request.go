@@ -52,6 +52,10 @@ const maxHeaderRemovals = 16
 // NewRequest returns the state of stream id.
 func (w *Worker) NewRequest(id uint32) *Request { return &Request{id: id, w: w} }
 
+// InitRequest makes *req the state of stream id, for a caller that holds the Request inside its
+// own per-stream value (one allocation per stream instead of two).
+func (w *Worker) InitRequest(req *Request, id uint32) { *req = Request{id: id, w: w} }
+
 // OnRequestHeaders decides the request: token now (Continue), held or answered (Pause).
 func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	w := req.w

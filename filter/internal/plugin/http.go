@@ -11,7 +11,7 @@ import (
 // included, pass through untouched.
 type httpContext struct {
 	types.DefaultHttpContext
-	req *coord.Request
+	req coord.Request // held by value: the stream's one allocation
 }
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {

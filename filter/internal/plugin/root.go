@@ -64,7 +64,9 @@ func (r *rootContext) NewHttpContext(contextID uint32) types.HttpContext {
 	if r.worker == nil {
 		return nil // start-up failed: the host does not create streams then
 	}
-	return &httpContext{req: r.worker.NewRequest(contextID)}
+	h := &httpContext{}
+	r.worker.InitRequest(&h.req, contextID)
+	return h
 }
 
 func (r *rootContext) OnTick() { r.worker.OnTick() }
