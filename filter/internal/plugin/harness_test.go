@@ -212,6 +212,16 @@ func (h *harness) serviceTokenReady() {
 	h.answer(h.oneCallout("client_credentials"), "200", tokenBody(testServiceToken, 300))
 }
 
+// userExchanged sends testUserToken's first request, answers its exchange with testExchanged
+// (valid for ttl seconds) and checks the request went on with it; it returns the stream id.
+func (h *harness) userExchanged(ttl int) uint32 {
+	h.t.Helper()
+	id, _ := h.userRequest(testUserToken)
+	h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, ttl))
+	h.wantForwarded(id, testExchanged)
+	return id
+}
+
 // request sends request headers and returns the stream id and the filter's action.
 func (h *harness) request(headers ...[2]string) (uint32, types.Action) {
 	id := h.host.InitializeHttpContext()

@@ -137,9 +137,7 @@ func TestScenario4_CacheReuseAndSeparation(t *testing.T) {
 		h := start(t, runner, pluginConfig(exchangeOn))
 		h.serviceTokenReady()
 
-		id1, _ := h.userRequest(testUserToken)
-		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
-		h.wantForwarded(id1, testExchanged)
+		h.userExchanged(300)
 
 		id2, action := h.userRequest(testUserToken)
 		if action != types.ActionContinue {
@@ -193,9 +191,7 @@ func TestScenario4_CachedTokenExpiresAfterLifetimeMinusSkew(t *testing.T) {
 	clock := fakeClock(t)
 	h := start(t, "go", pluginConfig(exchangeOn+`,"expirySkewSeconds":30`))
 	h.serviceTokenReady()
-	id, _ := h.userRequest(testUserToken)
-	h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 100))
-	h.wantForwarded(id, testExchanged)
+	h.userExchanged(100)
 
 	clock.advance(69_999) // 100 s lifetime - 30 s skew = 70 s of use
 	if _, action := h.userRequest(testUserToken); action != types.ActionContinue {
@@ -471,9 +467,7 @@ func TestScenario9_Upstream401DropsCachedToken(t *testing.T) {
 	clock := fakeClock(t)
 	h := start(t, "go", pluginConfig(exchangeOn))
 	h.serviceTokenReady()
-	id, _ := h.userRequest(testUserToken)
-	h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
-	h.wantForwarded(id, testExchanged)
+	id := h.userExchanged(300)
 	// A storm of 401s on the fresh token drops nothing.
 	for i := 0; i < 50; i++ {
 		h.host.CallOnResponseHeaders(id, [][2]string{{":status", "401"}}, false)
@@ -538,9 +532,7 @@ func TestScenario9_Upstream401DropsServiceToken(t *testing.T) {
 func TestScenario9_OwnLocalReplyDropsNothing(t *testing.T) {
 	forEachRunner(t, func(t *testing.T, runner string) {
 		h := start(t, runner, pluginConfig(exchangeOn+`,"fallbackToServiceAccount":false`))
-		id, _ := h.userRequest(testUserToken)
-		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 300))
-		h.wantForwarded(id, testExchanged)
+		h.userExchanged(300)
 		refused, _ := h.request()
 		h.wantReply(refused, 401, "invalid_token")
 		h.host.CallOnResponseHeaders(refused, [][2]string{{":status", "401"}}, false)
@@ -760,9 +752,7 @@ func TestRepeatedUserTokenHeaderOnAMemoHitIsInvalid(t *testing.T) {
 	forEachRunner(t, func(t *testing.T, runner string) {
 		h := start(t, runner, pluginConfig(exchangeOn))
 		h.serviceTokenReady()
-		id, _ := h.userRequest(testUserToken)
-		h.answer(h.oneCallout("urn:ietf:params:oauth:grant-type:token-exchange"), "200", tokenBody(testExchanged, 3600))
-		h.wantForwarded(id, testExchanged)
+		id := h.userExchanged(3600)
 
 		for _, second := range []string{testUserToken2, testUserToken} {
 			id, _ = h.request([2]string{headerUserToken, testUserToken}, [2]string{headerUserToken, second})
