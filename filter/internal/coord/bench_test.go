@@ -139,3 +139,27 @@ func TestMemoSummaryCollisionIsAMissNeverAnotherTokensAnswer(t *testing.T) {
 		}
 	}
 }
+
+// sameToken tells tokens apart wherever they differ, whatever their lengths.
+func TestSameToken(t *testing.T) {
+	base := strings.Repeat("abcdefghij", 160)
+	for n := 0; n <= 40; n++ {
+		a := base[:n]
+		if !sameToken(a, strings.Clone(a)) {
+			t.Fatalf("length %d: a token differs from its copy", n)
+		}
+		for i := 0; i < n; i++ {
+			b := []byte(a)
+			b[i] ^= 0x20
+			if sameToken(a, string(b)) {
+				t.Fatalf("length %d: a difference at byte %d went unseen", n, i)
+			}
+		}
+		if n > 0 && sameToken(a, a[:n-1]) {
+			t.Fatalf("length %d: a prefix counts as the token", n)
+		}
+	}
+	if !sameToken(base, strings.Clone(base)) || sameToken(base, base[:len(base)-1]+"k") {
+		t.Fatal("a 1.6 KB token")
+	}
+}
