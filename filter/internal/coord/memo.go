@@ -116,7 +116,7 @@ func (m *memo) put(k memoKey, e *memoEntry) {
 // forget drops k's entry, if the memo holds one for that very token.
 func (m *memo) forget(k memoKey) {
 	s := k.slot()
-	if e, ok := m.entries[s]; ok && e.userToken == k.userToken {
+	if e, ok := m.entries[s]; ok && sameToken(e.userToken, k.userToken) {
 		m.drop(s)
 	}
 }
@@ -132,7 +132,8 @@ func (m *memo) drop(s memoSlot) {
 // of them. Go's string compare on wasm is a byte-at-a-time loop (internal/bytealg/equal_wasm.s,
 // memeqbody), which made the one compare of a 1.5 KB token a tenth of a memo hit in V8; and a
 // compare that stops at the first difference would tell by its time how much of a stored token a
-// made-up one got right.
+// made-up one got right. (The 8-byte loads may be unaligned, as a token cut out of
+// "Bearer <token>" is: wasm's i64.load takes any address, as amd64 and arm64 do.)
 func sameToken(a, b string) bool {
 	if len(a) != len(b) {
 		return false

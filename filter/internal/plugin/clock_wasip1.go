@@ -13,11 +13,11 @@ func clockTimeGet(id uint32, precision uint64, out *uint64) uint32
 
 const clockMonotonic = 1
 
-// monotonicMs is Envoy's monotonic clock in milliseconds, or 0 if the host refuses it.
 // clockOut receives the reading: a package variable, because the address of a local would make
 // it escape to the heap on every call (the VM runs one call at a time).
 var clockOut uint64
 
+// monotonicMs is Envoy's monotonic clock in milliseconds, or 0 if the host refuses it.
 func monotonicMs() int64 {
 	if clockTimeGet(clockMonotonic, 1, &clockOut) != 0 {
 		return 0

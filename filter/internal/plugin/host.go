@@ -102,17 +102,7 @@ func logError(msg string) { proxywasm.LogError(coord.LogPrefix + msg) }
 // sharedStore is cache.Store over Envoy's shared data.
 type sharedStore struct{}
 
-func (sharedStore) Get(key string) ([]byte, uint32, error) {
-	v, cas, found, refused := sharedData(key)
-	switch {
-	case found:
-		return v, cas, nil
-	case refused:
-		return nil, 0, errSharedDataRefused
-	default:
-		return nil, 0, cache.ErrNotFound
-	}
-}
+func (sharedStore) Get(key string) ([]byte, uint32, error) { return sharedData(key) }
 
 // errSharedDataRefused: the host answered a shared-data read with neither a value nor NotFound.
 var errSharedDataRefused = errors.New("shared data read refused")

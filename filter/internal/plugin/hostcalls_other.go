@@ -7,6 +7,8 @@ import (
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 )
 
 // Go-mode tests: the same calls through the SDK, which routes them to its emulator.
@@ -16,14 +18,14 @@ func requestHeader(name string) (string, bool) {
 	return v, err == nil
 }
 
-func sharedData(key string) (value []byte, cas uint32, found bool, refused bool) {
+func sharedData(key string) ([]byte, uint32, error) {
 	v, cas, err := proxywasm.GetSharedData(key)
 	switch {
 	case err == nil:
-		return v, cas, true, false
+		return v, cas, nil
 	case errors.Is(err, types.ErrorStatusNotFound):
-		return nil, 0, false, false
+		return nil, 0, cache.ErrNotFound
 	default:
-		return nil, 0, false, true
+		return nil, 0, errSharedDataRefused
 	}
 }

@@ -2,12 +2,15 @@
 
 package plugin
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
+)
 
 // The calls a memo hit makes, imported directly rather than through the SDK: the SDK's wrappers
 // take the address of local out-parameters, which makes them escape to the heap, so each call
-// allocated (a third of the hit's garbage besides the returned values), and they turn every
-// status into an error value. These write into package variables instead (a VM runs one call at
+// allocated once more than it must, and they turn every status into an error value. These write into package variables instead (a VM runs one call at
 // a time). The host still allocates each returned value in the module (proxy_on_memory_allocate:
 // Envoy's contract, cpp-host src/exports.cc), which is the one allocation left per value.
 
@@ -44,20 +47,20 @@ func requestHeader(name string) (string, bool) {
 	return unsafe.String(p, n), true
 }
 
-// sharedData reads key from shared data: found false when it is absent, err for anything else.
-func sharedData(key string) (value []byte, cas uint32, found bool, refused bool) {
+// sharedData reads key from shared data, as cache.Store.Get answers.
+func sharedData(key string) ([]byte, uint32, error) {
 	switch proxyGetSharedData(unsafe.Pointer(unsafe.StringData(key)), uint32(len(key)),
 		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize), unsafe.Pointer(&outCas)) {
 	case statusOK:
 	case statusNotFound:
-		return nil, 0, false, false
+		return nil, 0, cache.ErrNotFound
 	default:
-		return nil, 0, false, true
+		return nil, 0, errSharedDataRefused
 	}
 	p, n := outPtr, outSize
 	outPtr = nil
 	if n == 0 {
-		return []byte{}, outCas, true, false
+		return []byte{}, outCas, nil
 	}
-	return unsafe.Slice(p, n), outCas, true, false
+	return unsafe.Slice(p, n), outCas, nil
 }
