@@ -176,15 +176,28 @@ func (c *Config) Match(authority, path string) (rule *Rule, ok bool) {
 	if len(c.Rules) == 0 {
 		return nil, true
 	}
-	host, parsed := normalizeHost(authority)
-	norm := normalizePath(path)
+	// Both normalizations are made only when a rule needs them: a hit on a path rule whose
+	// prefix the raw path already has costs neither (they were a twentieth of a memo hit).
+	var host, norm string
+	var hostParsed, parsed, normed bool
 	for i := range c.Rules {
 		r := &c.Rules[i]
-		if r.PathPrefix != "" && !strings.HasPrefix(path, r.PathPrefix) && !strings.HasPrefix(norm, r.PathPrefix) {
-			continue
+		if r.PathPrefix != "" && !strings.HasPrefix(path, r.PathPrefix) {
+			if !normed {
+				norm, normed = normalizePath(path), true
+			}
+			if !strings.HasPrefix(norm, r.PathPrefix) {
+				continue
+			}
 		}
-		if len(r.Hosts) > 0 && parsed && !hostMatches(r.Hosts, host) {
-			continue
+		if len(r.Hosts) > 0 {
+			if !hostParsed {
+				host, parsed = normalizeHost(authority)
+				hostParsed = true
+			}
+			if parsed && !hostMatches(r.Hosts, host) {
+				continue
+			}
 		}
 		return r, true
 	}
