@@ -119,6 +119,8 @@ func (h *Host) newVM(worker int, plugin bool) (*vm, error) {
 	for n := range h.compiled.ExportedFunctions() {
 		v.fns[n] = mod.ExportedFunction(n)
 	}
+	// Envoy's order: an export named malloc first, proxy_on_memory_allocate only without one
+	// (proxy-wasm-cpp-host src/wasm.cc, WasmBase::getFunctions).
 	if v.malloc = v.fns["malloc"]; v.malloc == nil {
 		v.malloc = v.fns["proxy_on_memory_allocate"]
 	}

@@ -47,6 +47,13 @@ type Store interface {
 	Set(key string, value []byte, cas uint32) error
 }
 
+// A Peeker is a Store that can also read a value its caller decodes at once and does not keep:
+// Peek's value may live in memory the host reuses once the current callback returns. The cache
+// peeks only at the generation word, read on every memo hit.
+type Peeker interface {
+	Peek(key string) (value []byte, cas uint32, err error)
+}
+
 // Errors a Store returns.
 var (
 	ErrNotFound    = errors.New("shared data: not found")
@@ -101,6 +108,7 @@ func (k *Key) id() (id [16]byte) {
 // Cache is the token cache of one plugin configuration over a Store.
 type Cache struct {
 	store      Store
+	peek       func(key string) ([]byte, uint32, error) // the store's Peek, else its Get
 	slots      uint32
 	slotPrefix string // namespace + ":s:"
 	saKey      string // namespace + ":sa"
@@ -119,8 +127,9 @@ func New(store Store, namespace string, slots uint32) *Cache {
 	if slots == 0 {
 		slots = 1
 	}
-	return &Cache{
+	c := &Cache{
 		store:      store,
+		peek:       store.Get,
 		slots:      slots,
 		slotPrefix: namespace + ":s:",
 		saKey:      namespace + ":sa",
@@ -129,6 +138,10 @@ func New(store Store, namespace string, slots uint32) *Cache {
 		bKey:       namespace + ":b",
 		gKey:       namespace + ":g",
 	}
+	if p, ok := store.(Peeker); ok {
+		c.peek = p.Peek
+	}
+	return c
 }
 
 // Slots reports the number of slots.

@@ -14,7 +14,7 @@ const generationBytes = 8
 
 // Generation reads the word (0 if absent or not 8 bytes).
 func (c *Cache) Generation() uint64 {
-	v, _, err := c.store.Get(c.gKey)
+	v, _, err := c.peek(c.gKey) // decoded at once: a peek will do
 	if err != nil || len(v) != generationBytes {
 		return 0
 	}

@@ -66,6 +66,8 @@ type Answer struct {
 
 // RequestHeaders is the request header map of the stream being decided.
 type RequestHeaders interface {
+	// Get is the first value of name. It is valid only until the callback it was read in
+	// returns (the host may lend it scratch memory): what outlives the callback is a copy.
 	Get(name string) (string, bool)
 	Remove(name string)
 	// Count is how many values of name the request has (it may read every header: it is

@@ -5,6 +5,7 @@ import (
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
 	"strconv"
+	"strings"
 )
 
 // Request is one HTTP stream. It only decides on request and response headers: bodies,
@@ -101,6 +102,10 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
 				return req.repeatedUserToken(ex, now)
 			}
+			// The header's value is lent for this callback only; the entry's copy is the same
+			// token and lives as long as the request may need it (an upstream 401 forgets it).
+			req.memoKey.userToken = e.userToken
+			token = e.userToken
 			// A fresh token this request may wait for is capped by the same user token's exp.
 			req.userUntilMs = e.userUntilMs
 			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
@@ -114,6 +119,12 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			return req.action()
 		}
 		req.generation = generation
+	}
+	// Past a hit, the user token is kept (validated, hashed, exchanged, filed): a copy of the
+	// header's lent value.
+	token = strings.Clone(token)
+	if req.memoKey.userToken != "" {
+		req.memoKey.userToken = token
 	}
 	// Several values of the header: which one is the user's is anybody's guess (a proxy in
 	// front may have appended one), so none is. Counted before the removal takes them all.
@@ -377,7 +388,7 @@ func (req *Request) unhold() {
 }
 
 // OnResponseHeaders drops the token the upstream refused (401) so that the next request
-// fetches a fresh one. status reads the response's :status.
+// fetches a fresh one. status reads the response's :status (lent, like RequestHeaders.Get).
 func (req *Request) OnResponseHeaders(status func() (string, bool)) {
 	if req.usedKey == "" && req.usedService == "" {
 		return

@@ -104,6 +104,9 @@ type sharedStore struct{}
 
 func (sharedStore) Get(key string) ([]byte, uint32, error) { return sharedData(key) }
 
+// Peek is Get with the value lent until the current callback returns (cache.Peeker).
+func (sharedStore) Peek(key string) ([]byte, uint32, error) { return peekSharedData(key) }
+
 // errSharedDataRefused: the host answered a shared-data read with neither a value nor NotFound.
 var errSharedDataRefused = errors.New("shared data read refused")
 

@@ -18,6 +18,13 @@ func requestHeader(name string) (string, bool) {
 	return v, err == nil
 }
 
+func responseHeader(name string) (string, bool) {
+	v, err := proxywasm.GetHttpResponseHeader(name)
+	return v, err == nil
+}
+
+func peekSharedData(key string) ([]byte, uint32, error) { return sharedData(key) }
+
 func sharedData(key string) ([]byte, uint32, error) {
 	v, cas, err := proxywasm.GetSharedData(key)
 	switch {

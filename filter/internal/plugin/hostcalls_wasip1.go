@@ -11,8 +11,8 @@ import (
 // The calls a memo hit makes, imported directly rather than through the SDK: the SDK's wrappers
 // take the address of local out-parameters, which makes them escape to the heap, so each call
 // allocated once more than it must, and they turn every status into an error value. These write into package variables instead (a VM runs one call at
-// a time). The host still allocates each returned value in the module (proxy_on_memory_allocate:
-// Envoy's contract, cpp-host src/exports.cc), which is the one allocation left per value.
+// a time). The host still asks the module for room for each returned value (cpp-host
+// src/exports.cc), which the values read here take from scratch memory (lend_wasip1.go).
 
 //go:wasmimport env proxy_get_header_map_value
 func proxyGetHeaderMapValue(mapType uint32, key unsafe.Pointer, keySize uint32, value unsafe.Pointer, valueSize unsafe.Pointer) uint32
@@ -28,15 +28,25 @@ var (
 )
 
 const (
-	mapTypeRequestHeaders = 0
-	statusOK              = 0
-	statusNotFound        = 1
+	mapTypeRequestHeaders  = 0
+	mapTypeResponseHeaders = 2
+	statusOK               = 0
+	statusNotFound         = 1
 )
 
-// requestHeader is the first value of a request header, as Envoy's get answers it.
-func requestHeader(name string) (string, bool) {
-	if proxyGetHeaderMapValue(mapTypeRequestHeaders, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)),
-		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize)) != statusOK {
+// requestHeader is the first value of a request header, as Envoy's get answers it: lent, valid
+// until the current callback returns (lend_wasip1.go).
+func requestHeader(name string) (string, bool) { return mapValue(mapTypeRequestHeaders, name) }
+
+// responseHeader is requestHeader for the response headers.
+func responseHeader(name string) (string, bool) { return mapValue(mapTypeResponseHeaders, name) }
+
+func mapValue(mapType uint32, name string) (string, bool) {
+	lent.next = true
+	status := proxyGetHeaderMapValue(mapType, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)),
+		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize))
+	lent.next = false // the host asks for no room for an absent or empty value
+	if status != statusOK {
 		return "", false
 	}
 	p, n := outPtr, outSize
@@ -48,9 +58,17 @@ func requestHeader(name string) (string, bool) {
 }
 
 // sharedData reads key from shared data, as cache.Store.Get answers.
-func sharedData(key string) ([]byte, uint32, error) {
-	switch proxyGetSharedData(unsafe.Pointer(unsafe.StringData(key)), uint32(len(key)),
-		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize), unsafe.Pointer(&outCas)) {
+func sharedData(key string) ([]byte, uint32, error) { return readSharedData(key, false) }
+
+// peekSharedData is sharedData with the value lent, as cache.Peeker.Peek answers.
+func peekSharedData(key string) ([]byte, uint32, error) { return readSharedData(key, true) }
+
+func readSharedData(key string, lend bool) ([]byte, uint32, error) {
+	lent.next = lend
+	status := proxyGetSharedData(unsafe.Pointer(unsafe.StringData(key)), uint32(len(key)),
+		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize), unsafe.Pointer(&outCas))
+	lent.next = false
+	switch status {
 	case statusOK:
 	case statusNotFound:
 		return nil, 0, cache.ErrNotFound

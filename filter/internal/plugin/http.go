@@ -14,22 +14,27 @@ type httpContext struct {
 	req coord.Request // held by value: the stream's one allocation
 }
 
+// The header callbacks read header values lent for the callback's length (lend_wasip1.go): the
+// coordinator copies what it keeps, and returnLent ends their lifetime as the callback returns.
+
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
-	if h.req.OnRequestHeaders(requestHeaders{}) == coord.Continue {
+	action := h.req.OnRequestHeaders(requestHeaders{})
+	returnLent()
+	if action == coord.Continue {
 		return types.ActionContinue
 	}
 	return types.ActionPause
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	h.req.OnResponseHeaders(func() (string, bool) {
-		s, err := proxywasm.GetHttpResponseHeader(":status")
-		return s, err == nil
-	})
+	h.req.OnResponseHeaders(responseStatus)
+	returnLent()
 	return types.ActionContinue
 }
 
 func (h *httpContext) OnHttpStreamDone() { h.req.OnDone() }
+
+func responseStatus() (string, bool) { return responseHeader(":status") }
 
 // requestHeaders is coord.RequestHeaders over the current stream's request headers.
 type requestHeaders struct{}
