@@ -81,6 +81,9 @@ class VM {
     const imports = { env: this.envImports(), wasi_snapshot_preview1: this.wasiImports() };
     this.instance = await WebAssembly.instantiate(mod, imports);
     this.x = this.instance.exports;
+    // Envoy asks an export named malloc for a returned value's room, and proxy_on_memory_allocate
+    // only when there is none (proxy-wasm-cpp-host src/wasm.cc, WasmBase::getFunctions).
+    this.malloc = this.x.malloc ?? this.x.proxy_on_memory_allocate;
     this.x._initialize?.();
     this.x.proxy_on_context_create(ROOT, 0);
     if (!this.x.proxy_on_vm_start(ROOT, 0)) throw new Error("on_vm_start failed");
@@ -90,15 +93,20 @@ class VM {
   // mem and bytes are views of linear memory, made again only when memory grew.
   mem() { this.views(); return this.dv; }
   bytesAt(ptr, len) { this.views(); return this.u8.subarray(ptr, ptr + len); }
+  // Reading memory.buffer is a call into V8's API each time; a view of a grown memory's old
+  // buffer has length 0 (the buffer is detached), which is cheaper to test.
   views() {
-    const buf = this.x.memory.buffer;
-    if (this.buf !== buf) { this.buf = buf; this.dv = new DataView(buf); this.u8 = new Uint8Array(buf); }
+    if (this.u8 === undefined || this.u8.byteLength === 0) {
+      const buf = this.x.memory.buffer;
+      this.dv = new DataView(buf);
+      this.u8 = new Uint8Array(buf);
+    }
   }
   str(ptr, len) { return dec.decode(this.bytesAt(ptr, len)); }
 
   // put copies data into memory the module allocates and writes its address and size.
   put(data, retPtr, retSize) {
-    const ptr = data.length ? this.x.proxy_on_memory_allocate(data.length) : 0;
+    const ptr = data.length ? this.malloc(data.length) : 0;
     if (data.length) this.bytesAt(ptr, data.length).set(data);
     const m = this.mem();
     m.setUint32(retPtr, ptr, true);
@@ -150,7 +158,7 @@ class VM {
       let w = 0;
       for (let r = 0; r < m.length; r++) {
         if (m[r][0] === key) {
-          if (m.byteSize !== undefined) m.byteSize -= keyBytes + Buffer.byteLength(m[r][1]);
+          if (m.byteSize !== undefined) m.byteSize -= m[r][2] ?? keyBytes + Buffer.byteLength(m[r][1]);
         } else {
           m[w++] = m[r];
         }
@@ -185,8 +193,8 @@ class VM {
       },
       // Envoy's HeaderMap::byteSize(): every name's and value's length (context.cc getHeaderMapSize),
       // kept up to date by each change rather than summed per call (header_map_impl.h byteSize()
-      // answers cached_byte_size_, which addSize/subtractSize maintain): here it is summed once
-      // after a change and kept until the next one.
+      // answers cached_byte_size_, which addSize/subtractSize maintain): a stream's maps arrive
+      // counted (headerMap below), a callout's answer is summed at its first query.
       proxy_get_header_map_size(type, ret) {
         const m = vm.headerMap(type);
         if (!m) return BAD_ARGUMENT;
@@ -203,7 +211,7 @@ class VM {
         if (!m) return BAD_ARGUMENT;
         const key = vm.str(kp, kl), val = vm.str(vp, vl);
         dropKey(m, key, kl);
-        m.push([key, val]);
+        m.push([key, val, kl + vl]);
         if (m.byteSize !== undefined) m.byteSize += kl + vl;
         return OK;
       },
@@ -388,6 +396,21 @@ class VM {
   }
 }
 
+// headerMap is a stream's header map as Envoy's codec hands it to the filter chain: its byte size
+// already counted, as HeaderMapImpl counts each header while it is added (header_map_impl.cc
+// addSize), so that no filter's first size query pays for the sum; each entry keeps its own
+// byte size for the removal to subtract (subtractSize), as Envoy's entries know theirs.
+function headerMap(pairs) {
+  let total = 0;
+  const m = pairs.map(([k, v]) => {
+    const n = Buffer.byteLength(k) + Buffer.byteLength(v);
+    total += n;
+    return [k, v, n];
+  });
+  m.byteSize = total;
+  return m;
+}
+
 let nextStream = 2;
 const calls = ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers", "proxy_on_log", "proxy_on_done", "proxy_on_delete"];
 
@@ -395,8 +418,8 @@ const calls = ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_
 // request waits for its callouts (only in the warm-up: the timed paths never hold).
 async function request(vm, path, token, into, wantAuth) {
   const id = nextStream++;
-  vm.requestHeaders = [[":method", "GET"], [":path", path], [":authority", "gateway"], [":scheme", "http"], ["x-user-oidc-token", token]];
-  vm.responseHeaders = [[":status", "200"], ["content-type", "application/json"]];
+  vm.requestHeaders = headerMap([[":method", "GET"], [":path", path], [":authority", "gateway"], [":scheme", "http"], ["x-user-oidc-token", token]]);
+  vm.responseHeaders = headerMap([[":status", "200"], ["content-type", "application/json"]]);
   vm.local = null;
   vm.continued = false;
   const x = vm.x;
