@@ -51,6 +51,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,7 +177,18 @@ func main() {
 	outage := flag.Duration("outage", envDuration("BENCH_OUTAGE", 10*time.Second), "length of the IdP outage")
 	keyBits := flag.Int("key-bits", envInt("BENCH_KEY_BITS", 1024), "RSA key size of the IdP")
 	only := flag.String("only", os.Getenv("BENCH_ONLY"), "run one phase only: module (module time), refresh, fleet, users, or \"\" for all")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (the host functions by name; wazero's compiled module code shows as addresses)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // the OIDC library logs its routes
 	if *users < pagesAtUsers {
 		fail(fmt.Errorf("-users must be at least %d", pagesAtUsers))
