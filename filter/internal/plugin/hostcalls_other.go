@@ -25,6 +25,12 @@ func responseHeader(name string) (string, bool) {
 
 func peekSharedData(key string) ([]byte, uint32, error) { return sharedData(key) }
 
+// incrementMetric: the SDK's emulator panics on an unknown metric, where Envoy answers a status.
+func incrementMetric(metricID uint32, offset int64) {
+	defer func() { _ = recover() }()
+	proxywasm.MetricGauge(metricID).Add(offset)
+}
+
 func sharedData(key string) ([]byte, uint32, error) {
 	v, cas, err := proxywasm.GetSharedData(key)
 	switch {

@@ -20,6 +20,13 @@ func proxyGetHeaderMapValue(mapType uint32, key unsafe.Pointer, keySize uint32, 
 //go:wasmimport env proxy_get_shared_data
 func proxyGetSharedData(key unsafe.Pointer, keySize uint32, value unsafe.Pointer, valueSize unsafe.Pointer, cas unsafe.Pointer) uint32
 
+//go:wasmimport env proxy_increment_metric
+func proxyIncrementMetric(metricID uint32, offset int64) uint32
+
+// incrementMetric adds offset to a counter or gauge; a refused call is not counted (the SDK's
+// wrapper panics instead, which the caller had to recover from on every request).
+func incrementMetric(metricID uint32, offset int64) { _ = proxyIncrementMetric(metricID, offset) }
+
 // Out-parameters of the calls above.
 var (
 	outPtr  *byte

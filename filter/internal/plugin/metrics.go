@@ -28,8 +28,9 @@ const (
 	metricRefreshPrefix          = "token_exchange.refresh." // + started, success, failure
 )
 
-// counter and gauge wrap the SDK's metrics, which panic when the host refuses a call: a metric
-// must never trap the VM, so a refused metric is simply not counted.
+// counter and gauge wrap the host's metrics: a metric must never trap the VM, so a refused
+// definition or increment is simply not counted (the SDK's wrappers panic on either; its
+// definitions are recovered from here, its increments bypassed by incrementMetric).
 type counter struct {
 	id proxywasm.MetricCounter
 	ok bool
@@ -55,19 +56,15 @@ func defineGauge(name string) (g gauge) {
 }
 
 func (c counter) inc() {
-	if !c.ok {
-		return
+	if c.ok {
+		incrementMetric(uint32(c.id), 1)
 	}
-	defer func() { _ = recover() }()
-	c.id.Increment(1)
 }
 
 func (g gauge) add(delta int64) {
-	if !g.ok {
-		return
+	if g.ok {
+		incrementMetric(uint32(g.id), delta)
 	}
-	defer func() { _ = recover() }()
-	g.id.Add(delta)
 }
 
 // metrics maps coord's metrics to the host's: a counter each, the held requests a gauge.
