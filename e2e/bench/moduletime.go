@@ -31,7 +31,7 @@ import (
 // come every few thousand requests: a round of a few hundred requests either has one or not, and
 // the figures jump by several times between rounds. V8 is fast enough for much longer rounds.
 const (
-	moduleTimeRounds = 11
+	moduleTimeRounds = 31
 	moduleTimeBatch  = 2000
 	moduleTimeWarmup = 1000
 	v8Batch          = 10000
