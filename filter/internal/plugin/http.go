@@ -18,6 +18,7 @@ type httpContext struct {
 // coordinator copies what it keeps, and returnLent ends their lifetime as the callback returns.
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
+	borrowLent()
 	action := h.req.OnRequestHeaders(requestHeaders{})
 	returnLent()
 	if action == coord.Continue {
@@ -27,6 +28,7 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
+	borrowLent()
 	h.req.OnResponseHeaders(responseStatus)
 	returnLent()
 	return types.ActionContinue

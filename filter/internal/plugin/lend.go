@@ -28,10 +28,11 @@ const maxLent = 32 << 10
 const minLent = 4 << 10
 
 var lent struct {
-	next bool   // the next allocation the host asks for is lent
-	buf  []byte // the scratch
-	used int    // bytes of buf lent since the last returnLent
-	want int    // the size buf should have to have lent what was asked since then
+	depth int    // header callbacks running (a host could nest one in another)
+	next  bool   // the next allocation the host asks for is lent
+	buf   []byte // the scratch
+	used  int    // bytes of buf lent since the last returnLent
+	want  int    // the size buf should have to have lent what was asked since then
 }
 
 // lend returns n bytes of the scratch, 8-byte aligned, or nil when they do not fit.
@@ -45,10 +46,22 @@ func lend(n int) unsafe.Pointer {
 	return unsafe.Pointer(&lent.buf[start])
 }
 
-// returnLent ends the lifetime of every lent value: called when a callback that reads lent values
-// returns. The scratch is wiped (a token read into it must not outlive the callback in memory
-// that a later read may hand out half-overwritten) and grown, bounded, if a value did not fit.
+// borrowLent starts a callback that reads lent values; returnLent ends it.
+func borrowLent() { lent.depth++ }
+
+// returnLent ends the lifetime of every lent value when the outermost callback that reads lent
+// values returns (Envoy runs a local reply's response callback after the request callback, not
+// inside it — context.cc sendLocalResponse, addAfterVmCallAction — but a host that nested them
+// must not wipe what the outer callback still reads). The scratch is wiped (a token read into it
+// must not outlive the callback in memory that a later read may hand out half-overwritten) and
+// grown, bounded, if a value did not fit.
 func returnLent() {
+	if lent.depth > 0 {
+		lent.depth--
+	}
+	if lent.depth > 0 {
+		return
+	}
 	lent.next = false
 	clear(lent.buf[:lent.used])
 	lent.used = 0

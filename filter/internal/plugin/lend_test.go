@@ -46,3 +46,26 @@ func TestLentScratch(t *testing.T) {
 		t.Fatalf("the scratch grew to %d bytes, past maxLent", len(lent.buf))
 	}
 }
+
+// A callback nested in another (no Envoy does this: a local reply's response callback runs after
+// the request callback returns) must not wipe what the outer one still reads.
+func TestLentValuesLiveUntilTheOutermostCallbackReturns(t *testing.T) {
+	t.Cleanup(func() { lent.buf, lent.used, lent.want, lent.next, lent.depth = nil, 0, 0, false, 0 })
+	lent.buf, lent.used, lent.want, lent.depth = make([]byte, minLent), 0, 0, 0
+
+	borrowLent() // the request callback
+	p := lend(5)
+	copy(unsafe.Slice((*byte)(p), 5), "token")
+	borrowLent() // a nested response callback
+	returnLent()
+	if got := string(unsafe.Slice((*byte)(p), 5)); got != "token" {
+		t.Fatalf("a nested callback's return wiped the outer callback's value (%q)", got)
+	}
+	returnLent()
+	if got := string(unsafe.Slice((*byte)(p), 5)); got == "token" {
+		t.Fatal("the outermost callback's return left its lent value in the scratch")
+	}
+	if lent.depth != 0 || lent.used != 0 {
+		t.Fatalf("after the outermost return: depth %d, %d bytes lent", lent.depth, lent.used)
+	}
+}
