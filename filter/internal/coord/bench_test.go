@@ -38,8 +38,8 @@ func (h *benchHost) Dispatch(_ string, _ [][2]string, _ []byte, _ uint32, onAnsw
 	return nil
 }
 
-// hitWorker is a worker whose memo holds the user's exchanged token.
-func hitWorker(tb testing.TB) (*Worker, *benchHost, mapHeaders) {
+// exchangeWorker is a worker with exchange on (audience "api") on a benchHost, its memo empty.
+func exchangeWorker(tb testing.TB) (*Worker, *benchHost) {
 	tb.Helper()
 	cfg, err := config.Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/realms/demo/protocol/openid-connect/token",
 		"clientId":"gateway","clientSecret":"bench-secret","tokenExchange":{"enabled":true,"audience":"api"}}`), nil)
@@ -47,7 +47,13 @@ func hitWorker(tb testing.TB) (*Worker, *benchHost, mapHeaders) {
 		tb.Fatal(err)
 	}
 	h := &benchHost{now: 1000}
-	w := NewWorker(h, cfg, cachetest.NewEnvoyStore())
+	return NewWorker(h, cfg, cachetest.NewEnvoyStore()), h
+}
+
+// hitWorker is a worker whose memo holds the user's exchanged token.
+func hitWorker(tb testing.TB) (*Worker, *benchHost, mapHeaders) {
+	tb.Helper()
+	w, h := exchangeWorker(tb)
 	hdr := mapHeaders{"x-user-oidc-token": userToken(7)}
 	if a := w.NewRequest(1).OnRequestHeaders(hdr); a != Pause || h.pending == nil {
 		tb.Fatalf("the first request was not held for an exchange (%v)", a)

@@ -3,9 +3,6 @@ package coord
 import (
 	"testing"
 	"unsafe"
-
-	"github.com/kagenti/token-exchange-filter/filter/config"
-	"github.com/kagenti/token-exchange-filter/filter/internal/cache/cachetest"
 )
 
 // lentHeaders answers Get as the wasm build does: with memory lent for the callback, which
@@ -39,13 +36,7 @@ func (l *lentHeaders) wipe() {
 // must be its own copy. Without the copies, the memo files the user's exchanged token under a
 // wiped token and the next request misses it, and a 401 forgets nothing.
 func TestHeaderValuesAreNotKeptPastTheirCallback(t *testing.T) {
-	cfg, err := config.Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/realms/demo/protocol/openid-connect/token",
-		"clientId":"gateway","clientSecret":"lent-secret","tokenExchange":{"enabled":true,"audience":"api"}}`), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &benchHost{now: 1000}
-	w := NewWorker(h, cfg, cachetest.NewEnvoyStore())
+	w, h := exchangeWorker(t)
 	tok := userToken(9)
 	key := memoKey{userToken: tok, audience: "api"}
 	send := func(id uint32) (*Request, Action) {
