@@ -145,6 +145,14 @@ func sameToken(a, b string) bool {
 	pa, pb := unsafe.Pointer(unsafe.StringData(a)), unsafe.Pointer(unsafe.StringData(b))
 	var diff uint64
 	i := 0
+	// 32 bytes a turn: a quarter of the loop's own work per byte compared.
+	for ; i+32 <= n; i += 32 {
+		// (^ and | bind alike in Go: the parentheses are needed.)
+		diff |= (*(*uint64)(unsafe.Add(pa, i)) ^ *(*uint64)(unsafe.Add(pb, i))) |
+			(*(*uint64)(unsafe.Add(pa, i+8)) ^ *(*uint64)(unsafe.Add(pb, i+8))) |
+			(*(*uint64)(unsafe.Add(pa, i+16)) ^ *(*uint64)(unsafe.Add(pb, i+16))) |
+			(*(*uint64)(unsafe.Add(pa, i+24)) ^ *(*uint64)(unsafe.Add(pb, i+24)))
+	}
 	for ; i+8 <= n; i += 8 {
 		diff |= *(*uint64)(unsafe.Add(pa, i)) ^ *(*uint64)(unsafe.Add(pb, i))
 	}
