@@ -72,11 +72,9 @@ func readAnswer(numHeaders, bodySize int) coord.Answer {
 	return a
 }
 
-func (*wasmHost) Focus(stream uint32) error { return proxywasm.SetEffectiveContext(stream) }
-func (*wasmHost) SetRequestHeader(name, value string) error {
-	return proxywasm.ReplaceHttpRequestHeader(name, value)
-}
-func (*wasmHost) ResumeRequest() error { return proxywasm.ResumeHttpRequest() }
+func (*wasmHost) Focus(stream uint32) error                 { return proxywasm.SetEffectiveContext(stream) }
+func (*wasmHost) SetRequestHeader(name, value string) error { return setRequestHeader(name, value) }
+func (*wasmHost) ResumeRequest() error                      { return proxywasm.ResumeHttpRequest() }
 func (*wasmHost) SendReply(status uint32, headers [][2]string, body []byte) error {
 	return proxywasm.SendHttpResponse(status, headers, body, -1)
 }

@@ -31,6 +31,10 @@ func incrementMetric(metricID uint32, offset int64) {
 	proxywasm.MetricGauge(metricID).Add(offset)
 }
 
+func setRequestHeader(name, value string) error {
+	return proxywasm.ReplaceHttpRequestHeader(name, value)
+}
+
 func sharedData(key string) ([]byte, uint32, error) {
 	v, cas, err := proxywasm.GetSharedData(key)
 	switch {

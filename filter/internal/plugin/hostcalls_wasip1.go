@@ -3,6 +3,7 @@
 package plugin
 
 import (
+	"strconv"
 	"unsafe"
 
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
@@ -19,6 +20,25 @@ func proxyGetHeaderMapValue(mapType uint32, key unsafe.Pointer, keySize uint32, 
 
 //go:wasmimport env proxy_get_shared_data
 func proxyGetSharedData(key unsafe.Pointer, keySize uint32, value unsafe.Pointer, valueSize unsafe.Pointer, cas unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_replace_header_map_value
+func proxyReplaceHeaderMapValue(mapType uint32, key unsafe.Pointer, keySize uint32, value unsafe.Pointer, valueSize uint32) uint32
+
+// setRequestHeader sets a request header to value, replacing every value it had (Envoy's
+// replaceHeaderMapValue → HeaderMap::setCopy).
+func setRequestHeader(name, value string) error {
+	if st := proxyReplaceHeaderMapValue(mapTypeRequestHeaders, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)),
+		unsafe.Pointer(unsafe.StringData(value)), uint32(len(value))); st != statusOK {
+		return hostStatus(st)
+	}
+	return nil
+}
+
+// hostStatus is a refused call's status as an error: a proxy-wasm ABI status number (2 is
+// BadArgument, as Envoy answers for a map it does not have in this callback).
+type hostStatus uint32
+
+func (s hostStatus) Error() string { return "host status " + strconv.Itoa(int(s)) }
 
 //go:wasmimport env proxy_increment_metric
 func proxyIncrementMetric(metricID uint32, offset int64) uint32
@@ -41,15 +61,15 @@ const (
 	statusNotFound         = 1
 )
 
-// requestHeader is the first value of a request header, as Envoy's get answers it: lent, valid
-// until the current callback returns (lend_wasip1.go).
+// requestHeader is the first value of a request header, as Envoy's get answers it: inside a
+// header callback lent, valid until the callback returns (lend.go); elsewhere a heap copy.
 func requestHeader(name string) (string, bool) { return mapValue(mapTypeRequestHeaders, name) }
 
 // responseHeader is requestHeader for the response headers.
 func responseHeader(name string) (string, bool) { return mapValue(mapTypeResponseHeaders, name) }
 
 func mapValue(mapType uint32, name string) (string, bool) {
-	lent.next = true
+	lent.next = lent.depth > 0 // lent only inside a header callback, which returns it
 	status := proxyGetHeaderMapValue(mapType, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)),
 		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize))
 	lent.next = false // the host asks for no room for an absent or empty value
@@ -67,11 +87,12 @@ func mapValue(mapType uint32, name string) (string, bool) {
 // sharedData reads key from shared data, as cache.Store.Get answers.
 func sharedData(key string) ([]byte, uint32, error) { return readSharedData(key, false) }
 
-// peekSharedData is sharedData with the value lent, as cache.Peeker.Peek answers.
+// peekSharedData is sharedData with the value lent inside a header callback, as
+// cache.Peeker.Peek answers (elsewhere, e.g. in a callout's answer, it is a heap copy).
 func peekSharedData(key string) ([]byte, uint32, error) { return readSharedData(key, true) }
 
 func readSharedData(key string, lend bool) ([]byte, uint32, error) {
-	lent.next = lend
+	lent.next = lend && lent.depth > 0
 	status := proxyGetSharedData(unsafe.Pointer(unsafe.StringData(key)), uint32(len(key)),
 		unsafe.Pointer(&outPtr), unsafe.Pointer(&outSize), unsafe.Pointer(&outCas))
 	lent.next = false
