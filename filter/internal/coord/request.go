@@ -101,13 +101,13 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		req.memoKey = memoKey{token, ex.Audience, ex.Scope}
 		generation := w.Cache.Generation()
 		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
-			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
-				return req.repeatedUserToken(ex, now)
-			}
 			// The header's value is lent for this callback only; the entry's copy is the same
 			// token and lives as long as the request may need it (an upstream 401 forgets it).
 			req.memoKey.userToken = e.userToken
 			token = e.userToken
+			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
+				return req.repeatedUserToken(ex, now)
+			}
 			// A fresh token this request may wait for is capped by the same user token's exp.
 			req.userUntilMs = e.userUntilMs
 			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
@@ -121,12 +121,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			return req.action()
 		}
 		req.generation = generation
-	}
-	// Past a hit, the user token is kept (validated, hashed, exchanged, filed): a copy of the
-	// header's lent value.
-	token = strings.Clone(token)
-	if req.memoKey.userToken != "" {
-		req.memoKey.userToken = token
+		req.memoKey.userToken = "" // the lent value: set again, as a copy, once the token is kept
 	}
 	// Several values of the header: which one is the user's is anybody's guess (a proxy in
 	// front may have appended one), so none is. Counted before the removal takes them all.
@@ -169,6 +164,10 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		return req.withoutUserToken(replyTokenRejected, FallbackInvalidUserToken)
 	}
 
+	// From here the user token is kept (in the memo, a flight, a callout): a copy of the
+	// header's lent value, made only for a token that got this far.
+	token = strings.Clone(token)
+	req.memoKey.userToken = token
 	if claims.HasExp {
 		req.userUntilMs = now + (claims.Exp*1000 - w.host.WallMs())
 	}

@@ -11,10 +11,10 @@ import "unsafe"
 // then _GET_ALIAS(malloc, proxy_on_memory_allocate)); the SDK's proxy_on_memory_allocate makes a
 // new slice per value. A hit reads :path, the 1.5 KB user token and the generation word: three
 // heap allocations and, every few requests, a span refill and a GC cycle. The calls in
-// hostcalls_wasip1.go instead set lent.next just before the host call, and malloc (lend_wasip1.go)
-// answers from the scratch buffer; a value so read is valid until returnLent, which the header
-// callbacks call as they return: it wipes the scratch (no token bytes stay in it between
-// callbacks) and makes it reusable.
+// hostcalls_wasip1.go instead set lent.next just before the host call when a header callback is
+// running (between borrowLent and returnLent), and malloc (lend_wasip1.go) answers from the
+// scratch buffer; a value so read is valid until the callback returns, when returnLent wipes the
+// scratch (no token bytes stay in it between callbacks) and makes it reusable.
 //
 // Every other allocation the host asks for (the SDK's calls, a lent call on a host that asks
 // proxy_on_memory_allocate instead, a value larger than the scratch) is a plain heap allocation,
