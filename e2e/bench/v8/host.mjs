@@ -183,7 +183,7 @@ class VM {
           m[w++] = m[r];
         }
       }
-      m.length = w;
+      while (m.length > w) m.pop(); // cheaper than the length setter, which trims the store
     };
     return {
       proxy_log(level, ptr, len) { if (level >= 3) vm.logs.push(vm.str(ptr, len)); return OK; },
