@@ -6,7 +6,7 @@ import (
 )
 
 // lentHeaders answers Get as the wasm build does: with memory lent for the callback, which
-// wipe overwrites once the callback has returned (plugin/lend_wasip1.go wipes its scratch).
+// wipe overwrites once the callback has returned (plugin/lend.go wipes its scratch).
 type lentHeaders struct {
 	mapHeaders
 	lent [][]byte

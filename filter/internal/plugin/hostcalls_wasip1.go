@@ -11,9 +11,10 @@ import (
 
 // The calls a memo hit makes, imported directly rather than through the SDK: the SDK's wrappers
 // take the address of local out-parameters, which makes them escape to the heap, so each call
-// allocated once more than it must, and they turn every status into an error value. These write into package variables instead (a VM runs one call at
-// a time). The host still asks the module for room for each returned value (cpp-host
-// src/exports.cc), which the values read here take from scratch memory (lend_wasip1.go).
+// allocated once more than it must, and they turn every status into an error value. These write
+// into package variables instead (a VM runs one call at a time). The host still asks the module
+// for room for each returned value (cpp-host src/exports.cc), which the values read inside a
+// header callback take from scratch memory (lend.go).
 
 //go:wasmimport env proxy_get_header_map_value
 func proxyGetHeaderMapValue(mapType uint32, key unsafe.Pointer, keySize uint32, value unsafe.Pointer, valueSize unsafe.Pointer) uint32
@@ -34,8 +35,9 @@ func setRequestHeader(name, value string) error {
 	return nil
 }
 
-// hostStatus is a refused call's status as an error: a proxy-wasm ABI status number (2 is
-// BadArgument, as Envoy answers for a map it does not have in this callback).
+// hostStatus is a refused call's status as an error: a proxy-wasm ABI status number, as the
+// SDK numbers them (proxywasm/internal/abi_enums.go: 2 is BadArgument, what Envoy answers for a
+// header map the current callback does not have).
 type hostStatus uint32
 
 func (s hostStatus) Error() string { return "host status " + strconv.Itoa(int(s)) }

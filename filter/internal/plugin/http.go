@@ -14,7 +14,7 @@ type httpContext struct {
 	req coord.Request // held by value: the stream's one allocation
 }
 
-// The header callbacks read header values lent for the callback's length (lend_wasip1.go): the
+// The header callbacks read header values lent for the callback's length (lend.go): the
 // coordinator copies what it keeps, and returnLent ends their lifetime as the callback returns.
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
