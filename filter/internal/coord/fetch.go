@@ -59,10 +59,11 @@ func (w *Worker) hold(req *Request, key string, src source, subject, audience, s
 		src.full(req)
 		return
 	}
-	if req.waitingFor == "" {
+	more := req.beyond()
+	if more.waitingFor == "" {
 		w.host.Count(RequestsHeld, 1)
 	}
-	req.waitingFor = key
+	more.waitingFor = key
 	w.held[req.id] = req
 	if !started {
 		w.count(RequestsJoined)

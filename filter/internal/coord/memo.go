@@ -44,6 +44,8 @@ func (k memoKey) slot() memoSlot {
 
 type memoEntry struct {
 	userToken  string // the user token it answers (the key's, kept for the compare)
+	// audience and scope are the rest of the key it was filed under (put sets the three).
+	audience, scope string
 	bearer     string // "Bearer <exchanged token>", ready for the header
 	token      string // its sealed entry in shared data (an upstream 401 drops it by value)
 	key        string // its cache key, as a flight key
@@ -91,9 +93,12 @@ func (m *memo) get(k memoKey, nowMs int64, generation uint64) (*memoEntry, bool)
 	return e, true
 }
 
-// put files e under k; e is the caller's no more (its userToken becomes k's).
+// memoKey is the key e was filed under.
+func (e *memoEntry) memoKey() memoKey { return memoKey{e.userToken, e.audience, e.scope} }
+
+// put files e under k; e is the caller's no more (its key becomes k).
 func (m *memo) put(k memoKey, e *memoEntry) {
-	e.userToken = k.userToken
+	e.userToken, e.audience, e.scope = k.userToken, k.audience, k.scope
 	s := k.slot()
 	n := entryBytes(s, e)
 	if n > maxMemoBytes/8 {

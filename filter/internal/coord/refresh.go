@@ -71,38 +71,42 @@ func (s *refreshSource) note(n refreshNote, msg string) {
 	}
 }
 
-// mustWait decides, for a request about to be sent with cached token e, whether it must wait
-// for a fresh one (minLifetimeSeconds: held, or in strict mode answered) and starts a background
-// refresh when e is in its refresh window. It reports true when the request was held or answered.
-func (req *Request) mustWait(e *memoEntry, userToken string, ex config.Exchange, now int64) bool {
+// mustWait decides, for a request about to be sent with cached token e (filed under mk), whether
+// it must wait for a fresh one (minLifeMs, from minLifetimeSeconds: held, or in strict mode
+// answered) and whether e is in its refresh window. It reports true when the request was held or
+// answered, and otherwise the entry whose background refresh startRefresh is to start once the
+// request has its token (nil: none).
+func (req *Request) mustWait(e *memoEntry, mk memoKey, minLifeMs int64, ex config.Exchange, now int64) (bool, *memoEntry) {
 	w := req.w
 	s := &w.refresh
 	userFirst := e.userUntilMs != 0 && e.userUntilMs <= e.tokenUntilMs+refreshMarginMs
-	if req.minLifeMs > 0 && e.untilMs-now < req.minLifeMs {
+	if minLifeMs > 0 && e.untilMs-now < minLifeMs {
 		switch {
-		case e.userUntilMs != 0 && e.userUntilMs-now < req.minLifeMs:
-			s.note(noteMinLifetimeUserExpires, "a request needing minLifetimeSeconds ("+strconv.FormatInt(req.minLifeMs/1000, 10)+
+		case e.userUntilMs != 0 && e.userUntilMs-now < minLifeMs:
+			s.note(noteMinLifetimeUserExpires, "a request needing minLifetimeSeconds ("+strconv.FormatInt(minLifeMs/1000, 10)+
 				" s) carried a user token that expires sooner: no exchange can give more, so "+req.minLifetimeOutcome())
 			if !w.cfg.FallbackToServiceAccount {
 				req.reply(replyTokenRejected)
-				return true
+				return true, nil
 			}
-		case e.tokenUntilMs-e.storedAtMs < req.minLifeMs:
+		case e.tokenUntilMs-e.storedAtMs < minLifeMs:
 			s.note(noteMinLifetimeUnreachable, "the IdP's exchanged tokens are usable for less than minLifetimeSeconds ("+
-				strconv.FormatInt(req.minLifeMs/1000, 10)+" s): a fresh one would not last longer, so the cached one is used")
+				strconv.FormatInt(minLifeMs/1000, 10)+" s): a fresh one would not last longer, so the cached one is used")
 		default:
 			key := refreshFlightPrefix + e.key
-			req.stale = e
-			s.remember(key, e, req.memoKey) // before hold: its dispatch may claim at once
-			w.hold(req, key, s, userToken, ex.Audience, ex.Scope)
+			// The fresh token is filed where e is and, like e, capped by the user token's exp.
+			more := req.beyond()
+			more.stale, more.memoKey, more.userUntilMs = e, mk, e.userUntilMs
+			s.remember(key, e, mk) // before hold: its dispatch may claim at once
+			w.hold(req, key, s, mk.userToken, ex.Audience, ex.Scope)
 			if _, running := w.flights.Get(key); !running {
 				delete(s.old, key) // settled at once (table full, or claimed and done)
 			}
-			return true
+			return true, nil
 		}
 	}
 	if w.refreshAheadMs == 0 || e.tokenUntilMs-now >= w.refreshAheadMs || now < e.nextCheckMs {
-		return false
+		return false, nil
 	}
 	e.nextCheckMs = now + refreshCheckEveryMs
 	switch {
@@ -116,16 +120,16 @@ func (req *Request) mustWait(e *memoEntry, userToken string, ex config.Exchange,
 	default:
 		// Started once the request has its token: the refresh's dispatch may run other
 		// contexts' callbacks (the SDK's emulator runs queue callbacks inline).
-		req.refreshAfter = e
+		return false, e
 	}
-	return false
+	return false, nil
 }
 
-// startRefresh starts the background refresh mustWait asked for, if any.
-func (req *Request) startRefresh(userToken string, ex config.Exchange, now int64) {
-	if e := req.refreshAfter; e != nil {
-		req.refreshAfter = nil
-		req.w.refresh.start(e, req.memoKey, userToken, ex, now)
+// startRefresh starts the background refresh of e (nil: none) that mustWait asked for, for the
+// user token of mk.
+func (req *Request) startRefresh(e *memoEntry, mk memoKey, ex config.Exchange, now int64) {
+	if e != nil {
+		req.w.refresh.start(e, mk, mk.userToken, ex, now)
 	}
 }
 
@@ -320,7 +324,7 @@ func (s *refreshSource) replaceIDs(key string, waiters []uint32, token, blob str
 	}
 	e := newMemoEntry(token, blob, cacheKey, untilMs, storedAtMs, old.entry.userUntilMs, generation)
 	w.memo.put(old.key, e)
-	w.settleIDs(waiters, func(req *Request) { req.useBearer(e.bearer, e.key, e.token, "") })
+	w.settleIDs(waiters, func(req *Request) { req.useBearer(e.bearer, e, "") })
 }
 
 // backOff records a failed refresh in the key's refresh entry (not in the token's), with the
@@ -364,15 +368,23 @@ func (s *refreshSource) flightDeadline(req *Request, _ int64) int64 {
 
 func (s *refreshSource) full(req *Request) { req.useStale(&oauth.Failure{Class: oauth.Transient}) }
 
+// staleEntry is the cached token req waits to replace, if any.
+func (req *Request) staleEntry() *memoEntry {
+	if req.more == nil {
+		return nil
+	}
+	return req.more.stale
+}
+
 // useStale sends a request that waited for a fresh token on with the token it would have had,
 // while that is still valid; otherwise it fails like an exchange (fallback, or strict mode's
 // reply).
 func (req *Request) useStale(fail *oauth.Failure) {
 	w := req.w
 	// Not a token dropped meanwhile (an upstream 401 bumps the generation word).
-	if e := req.stale; e != nil && w.host.NowMs() < e.untilMs && e.generation == w.Cache.Generation() {
+	if e := req.staleEntry(); e != nil && w.host.NowMs() < e.untilMs && e.generation == w.Cache.Generation() {
 		w.count(CacheHit)
-		req.useBearer(e.bearer, e.key, e.token, "")
+		req.useBearer(e.bearer, e, "")
 		return
 	}
 	if fail == nil {

@@ -10,40 +10,53 @@ import (
 
 // Request is one HTTP stream. It only decides on request and response headers: bodies,
 // including streamed ones, pass through untouched.
+//
+// It holds only what a memo hit needs (64 bytes): every stream allocates one, and in a wasm VM
+// the allocation's clearing and marking cost grows with its size (a 200-byte Request made a
+// stream's creation cost 1.5–2 µs more in wazero). What a request needs once it goes past a hit
+// (a miss, a wait, a fallback that waits) is in beyondHit, allocated then.
 type Request struct {
 	id uint32
-	w  *Worker
-
 	// inHeaders is true while OnRequestHeaders runs: a request settled then continues by
 	// returning Continue, not by ResumeRequest (it was never paused).
 	inHeaders bool
 	// settled: the request got its token or a local reply; replied: the latter.
 	settled, replied bool
-	// deadlineMs is when a held request must be settled, whatever happens to its flight.
-	deadlineMs int64
 	// deadlineExpired: the wait ran out; a fallback may not wait again.
 	deadlineExpired bool
-	// waitingFor is the flight key the request is held on, while held.
-	waitingFor string
 	// done: the host ended the stream; nothing may touch it again.
 	done bool
 
-	// What the request was sent upstream with, for dropping it on an upstream 401.
-	usedKey     string // cache key of an exchanged token
-	usedToken   string // that exchanged token
-	usedService string // the service-account token
+	w *Worker
+	// deadlineMs is when a held request must be settled, whatever happens to its flight.
+	deadlineMs int64
 
-	// memoKey is the request's entry in the worker's memo ("" user token: none);
-	// userUntilMs the user token's exp on the monotonic clock (0: none known).
+	// What the request was sent upstream with, for dropping it on an upstream 401: the memo
+	// entry of an exchanged token (its cache key and sealed entry), or the service-account token.
+	used        *memoEntry
+	usedService string
+
+	more *beyondHit // nil until the request goes past a memo hit
+}
+
+// beyondHit is the state of a request that was not settled by a memo hit.
+type beyondHit struct {
+	// waitingFor is the flight key the request is held on, while held.
+	waitingFor string
+	// memoKey is where the exchanged token is filed in the worker's memo ("" user token: not
+	// filed); userUntilMs the user token's exp on the monotonic clock (0: none known).
 	memoKey     memoKey
 	userUntilMs int64
-	// generation is the generation word read before the memo lookup (see memo.go).
-	generation uint64
-	// minLifeMs is the usable lifetime the token sent with this request must have left
-	// (minLifetimeSeconds); stale is the cached token it waits to replace (refresh.go).
-	minLifeMs    int64
-	stale        *memoEntry
-	refreshAfter *memoEntry // a refresh to start once this request has its token
+	// stale is the cached token a request waits to replace (refresh.go).
+	stale *memoEntry
+}
+
+// beyond is req's beyondHit, allocated at its first use.
+func (req *Request) beyond() *beyondHit {
+	if req.more == nil {
+		req.more = &beyondHit{}
+	}
+	return req.more
 }
 
 // maxHeaderRemovals bounds the removal of a repeated user-token header on hosts whose remove
@@ -56,7 +69,7 @@ func (w *Worker) NewRequest(id uint32) *Request { return &Request{id: id, w: w} 
 // InitRequest makes *req, a zero Request, the state of stream id, for a caller that holds the
 // Request inside its own per-stream value (one allocation per stream instead of two). It sets
 // the two fields rather than assigning a whole Request: on a fresh allocation the rest is zero
-// already, and the 200-byte copy with its write barriers was most of creating a stream.
+// already, and a whole copy with its write barriers costs more than creating the stream.
 func (w *Worker) InitRequest(req *Request, id uint32) { req.id, req.w = id, w }
 
 // OnRequestHeaders decides the request: token now (Continue), held or answered (Pause).
@@ -68,7 +81,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	req.deadlineMs = now + int64(w.cfg.TimeoutMs)
 
 	ex := w.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
-	req.minLifeMs = w.cfg.MinLifetimeSeconds * 1000
+	minLifeMs := w.cfg.MinLifetimeSeconds * 1000
 	if len(w.cfg.Rules) > 0 {
 		var authority string
 		if w.rulesUseHosts { // else Match ignores it: one header read less per request
@@ -82,7 +95,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			return Continue
 		}
 		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
-		req.minLifeMs = rule.MinLifetimeSeconds * 1000
+		minLifeMs = rule.MinLifetimeSeconds * 1000
 	}
 	raw, present := hdr.Get(ex.UserTokenHeader)
 	present = present && raw != ""
@@ -93,35 +106,33 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			present = false // another scheme (Basic, …) carries no user token
 		}
 	}
+	var generation uint64
 	if ex.Enabled && present {
 		// A user this VM served lately: no validation, no hashing, no slot to decode. The
 		// generation word is read before anything else from shared data, so that a token read
 		// after it can never be newer than the word it is filed under. (The token was validated
 		// when it was filed, as the single value of its header.)
-		req.memoKey = memoKey{token, ex.Audience, ex.Scope}
-		generation := w.Cache.Generation()
-		if e, ok := w.memo.get(req.memoKey, now, generation); ok {
+		mk := memoKey{token, ex.Audience, ex.Scope}
+		generation = w.Cache.Generation()
+		if e, ok := w.memo.get(mk, now, generation); ok {
 			// The header's value is lent for this callback only; the entry's copy is the same
 			// token and lives as long as the request may need it (an upstream 401 forgets it).
-			req.memoKey.userToken = e.userToken
-			token = e.userToken
+			mk.userToken = e.userToken
 			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
 				return req.repeatedUserToken(ex, now)
 			}
-			// A fresh token this request may wait for is capped by the same user token's exp.
-			req.userUntilMs = e.userUntilMs
-			if req.minLifeMs > 0 || w.refreshAheadMs > 0 {
-				if req.mustWait(e, token, ex, now) {
+			var refresh *memoEntry
+			if minLifeMs > 0 || w.refreshAheadMs > 0 {
+				var held bool
+				if held, refresh = req.mustWait(e, mk, minLifeMs, ex, now); held {
 					return req.action()
 				}
 			}
 			w.count(CacheHit)
-			req.useBearer(e.bearer, e.key, e.token, "")
-			req.startRefresh(token, ex, now)
+			req.useBearer(e.bearer, e, "")
+			req.startRefresh(refresh, mk, ex, now)
 			return req.action()
 		}
-		req.generation = generation
-		req.memoKey.userToken = "" // the lent value: set again, as a copy, once the token is kept
 	}
 	// Several values of the header: which one is the user's is anybody's guess (a proxy in
 	// front may have appended one), so none is. Counted before the removal takes them all.
@@ -135,7 +146,6 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		w.logDebug("no user token in " + ex.UserTokenHeader + ": " + w.failureOutcomeShort())
 		return req.withoutUserToken(replyTokenMissing, FallbackNoUserToken)
 	}
-	generation := req.generation
 	if several {
 		return req.repeatedUserToken(ex, now)
 	}
@@ -167,24 +177,29 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	// From here the user token is kept (in the memo, a flight, a callout): a copy of the
 	// header's lent value, made only for a token that got this far.
 	token = strings.Clone(token)
-	req.memoKey.userToken = token
+	more := req.beyond()
+	more.memoKey = memoKey{token, ex.Audience, ex.Scope}
 	if claims.HasExp {
-		req.userUntilMs = now + (claims.Exp*1000 - w.host.WallMs())
+		more.userUntilMs = now + (claims.Exp*1000 - w.host.WallMs())
 	}
 	key := cache.KeyFor(token, ex.Audience, ex.Scope)
 	switch cur := w.Cache.Look(key, now); cur.State {
 	case cache.Hit:
 		if token, untilMs, ok := w.exchange.open(string(key[:]), cur); ok {
 			e := req.entryFor(token, cur.Token, string(key[:]), untilMs, cur.StoredAtMs, generation)
-			if req.memoKey.userToken != "" {
-				w.memo.put(req.memoKey, e)
+			if more.memoKey.userToken != "" {
+				w.memo.put(more.memoKey, e)
 			}
-			if (req.minLifeMs > 0 || w.refreshAheadMs > 0) && req.mustWait(e, req.memoKey.userToken, ex, now) {
-				break
+			var refresh *memoEntry
+			if minLifeMs > 0 || w.refreshAheadMs > 0 {
+				var held bool
+				if held, refresh = req.mustWait(e, more.memoKey, minLifeMs, ex, now); held {
+					break
+				}
 			}
 			w.count(CacheHit)
-			req.useBearer(e.bearer, e.key, e.token, "")
-			req.startRefresh(req.memoKey.userToken, ex, now) // (token is the exchanged one here)
+			req.useBearer(e.bearer, e, "")
+			req.startRefresh(refresh, more.memoKey, ex, now) // (token is the exchanged one here)
 			break
 		}
 		// A forged entry (now deleted) is a miss.
@@ -271,7 +286,7 @@ func (req *Request) useServiceToken() {
 	sa := &w.service
 	now := w.host.NowMs()
 	if t, used, ok := sa.token(now); ok {
-		req.useToken(t, "", used)
+		req.useToken(t, used)
 		return
 	}
 	if sa.status == saFailed || req.deadlineExpired {
@@ -306,13 +321,10 @@ func (req *Request) failed(strictStatus int) {
 	req.useServiceToken()
 }
 
-// useToken writes the token into the output header and lets the request go upstream.
-func (req *Request) useToken(token, usedKey, usedService string) {
-	var exchanged string
-	if usedKey != "" {
-		exchanged = token
-	}
-	req.useBearer("Bearer "+token, usedKey, exchanged, usedService)
+// useToken writes the service-account token (usedService: what an upstream 401 drops) into
+// the output header and lets the request go upstream.
+func (req *Request) useToken(token, usedService string) {
+	req.useBearer("Bearer "+token, nil, usedService)
 }
 
 // useExchanged sends the request on with an exchanged token (blob: its sealed entry in shared
@@ -320,20 +332,24 @@ func (req *Request) useToken(token, usedKey, usedService string) {
 // untilMs, and files it in the worker's memo.
 func (req *Request) useExchanged(token, blob, key string, untilMs, storedAtMs int64, generation uint64) {
 	e := req.entryFor(token, blob, key, untilMs, storedAtMs, generation)
-	if req.memoKey.userToken != "" {
-		req.w.memo.put(req.memoKey, e)
+	if req.more != nil && req.more.memoKey.userToken != "" {
+		req.w.memo.put(req.more.memoKey, e)
 	}
-	req.useBearer(e.bearer, key, blob, "")
+	req.useBearer(e.bearer, e, "")
 }
 
 // entryFor is the memo entry of an exchanged token for this request's user token.
 func (req *Request) entryFor(token, blob, key string, untilMs, storedAtMs int64, generation uint64) *memoEntry {
-	return newMemoEntry(token, blob, key, untilMs, storedAtMs, req.userUntilMs, generation)
+	var userUntilMs int64
+	if req.more != nil {
+		userUntilMs = req.more.userUntilMs
+	}
+	return newMemoEntry(token, blob, key, untilMs, storedAtMs, userUntilMs, generation)
 }
 
-// useBearer writes a ready "Bearer …" value; usedKey and exchanged, or usedService, say what it
-// carries, for an upstream 401.
-func (req *Request) useBearer(bearer, usedKey, exchanged, usedService string) {
+// useBearer writes a ready "Bearer …" value; used (an exchanged token's memo entry) or
+// usedService say what it carries, for an upstream 401.
+func (req *Request) useBearer(bearer string, used *memoEntry, usedService string) {
 	w := req.w
 	if !req.release() {
 		return
@@ -341,7 +357,7 @@ func (req *Request) useBearer(bearer, usedKey, exchanged, usedService string) {
 	if err := w.host.SetRequestHeader(w.cfg.OutputHeader, bearer); err != nil {
 		w.logError("writing " + w.cfg.OutputHeader + " failed: " + err.Error())
 	}
-	req.usedKey, req.usedService, req.usedToken = usedKey, usedService, exchanged
+	req.used, req.usedService = used, usedService
 	req.settled = true
 	if !req.inHeaders {
 		if err := w.host.ResumeRequest(); err != nil {
@@ -378,20 +394,20 @@ func (req *Request) release() bool {
 }
 
 func (req *Request) unhold() {
-	if req.waitingFor == "" {
+	if req.more == nil || req.more.waitingFor == "" {
 		return
 	}
 	w := req.w
 	w.flights.Drop(req.id)
 	delete(w.held, req.id)
-	req.waitingFor = ""
+	req.more.waitingFor = ""
 	w.host.Count(RequestsHeld, -1)
 }
 
 // OnResponseHeaders drops the token the upstream refused (401) so that the next request
 // fetches a fresh one. status reads the response's :status (lent, like RequestHeaders.Get).
 func (req *Request) OnResponseHeaders(status func() (string, bool)) {
-	if req.usedKey == "" && req.usedService == "" {
+	if req.used == nil && req.usedService == "" {
 		return
 	}
 	if s, ok := status(); !ok || s != "401" {
@@ -399,11 +415,11 @@ func (req *Request) OnResponseHeaders(status func() (string, bool)) {
 	}
 	w := req.w
 	now := w.host.NowMs()
-	if req.usedKey != "" {
+	if e := req.used; e != nil {
 		// Only if it still holds the token we sent (another worker may have stored a fresh
 		// one) and that token has been in use a while (Drop401MinAgeMs).
-		w.memo.forget(req.memoKey)
-		if removed, _ := w.Cache.DeleteToken(cacheKey(req.usedKey), req.usedToken, now, Drop401MinAgeMs); removed {
+		w.memo.forget(e.memoKey())
+		if removed, _ := w.Cache.DeleteToken(cacheKey(e.key), e.token, now, Drop401MinAgeMs); removed {
 			// Every worker's memo stops trusting what it read before.
 			_ = w.Cache.BumpGeneration()
 			w.logDebug("upstream answered 401: dropped the cached exchanged token")

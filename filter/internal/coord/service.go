@@ -137,7 +137,7 @@ func (s *serviceSource) result(_ string, tok oauth.Token, fail *oauth.Failure, w
 	// find neither lease nor token and fetch again.
 	_ = w.Cache.ReleaseServiceLease(w.owner)
 	w.wakeOthers()
-	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, "", used) })
+	w.settleIDs(waiters, func(req *Request) { req.useToken(tok.AccessToken, used) })
 }
 
 // poll ends a wait on another worker's fetch once a fresh token is in shared data, or takes
@@ -147,7 +147,7 @@ func (s *serviceSource) poll(f *flight.Flight, now int64) {
 	if t, blob, ok := s.shared(now); ok && now < t.RefreshAtMs {
 		s.status, s.failures, s.retryAtMs = saOK, 0, 0
 		s.nextCheckMs = t.RefreshAtMs + s.jitter(t.ExpiresAtMs-now)
-		w.settleEach(f, func(req *Request) { req.useToken(t.Token, "", blob) })
+		w.settleEach(f, func(req *Request) { req.useToken(t.Token, blob) })
 		return
 	}
 	switch cur := w.Cache.LookServiceLease(now); cur.State {

@@ -151,7 +151,7 @@ func (w *Worker) OnTick() {
 	for _, id := range w.scratch {
 		if req := w.held[id]; req != nil {
 			req.deadlineExpired = true
-			w.sourceFor(req.waitingFor).expired(req)
+			w.sourceFor(req.more.waitingFor).expired(req) // (held: more is set)
 		}
 	}
 	w.service.refresh(now)
