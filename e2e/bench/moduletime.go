@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -22,8 +24,8 @@ import (
 // one worker whose wazero runs without termination checks (host.Config.NoTerminationChecks: V8
 // in Envoy has none on this path, and they slow loop-heavy guest code 2.6–4×). No client
 // socket, no concurrent request: what is timed is the module's calls (host.ModuleTime) and
-// the host functions they make. The three kinds alternate in every round, so a round's ratios
-// compare code measured under the same machine state. The figures are the median round (ratios:
+// the host functions they make. The three kinds take turns every moduleTimeChunk requests within
+// a round (timedRound), so a round's ratios compare code measured under the same machine state. The figures are the median round (ratios:
 // the median of the rounds' ratios); min and max over rounds say how stable they are.
 //
 // A round must be long against the module's garbage collections, which run inside the callbacks
@@ -33,8 +35,10 @@ import (
 const (
 	moduleTimeRounds = 31
 	moduleTimeBatch  = 2000
+	moduleTimeChunk  = 100
 	moduleTimeWarmup = 1000
 	v8Batch          = 10000
+	v8Chunk          = 500
 	v8Warmup         = 5000
 )
 
@@ -95,39 +99,8 @@ func (b *bench) moduleTime(res *Result) error {
 		}
 	}
 	for range moduleTimeRounds {
-		for _, k := range kinds {
-			if err := streamsDeleted(k.px); err != nil {
-				return err
-			}
-			var before uint64
-			if k.metric != "" {
-				before, _ = k.px.Metric(k.metric)
-			}
-			k.px.ResetModuleTime()
-			for range moduleTimeBatch {
-				if err := serveOne(k.px, k.path, k.token); err != nil {
-					return fmt.Errorf("%s: %w", k.name, err)
-				}
-			}
-			if err := streamsDeleted(k.px); err != nil {
-				return err
-			}
-			st := k.px.StreamModuleTime()
-			if st.Calls != 6*moduleTimeBatch {
-				return fmt.Errorf("%s: %d stream calls for %d requests, want 6 each", k.name, st.Calls, moduleTimeBatch)
-			}
-			if k.metric != "" {
-				if after, _ := k.px.Metric(k.metric); after-before != moduleTimeBatch {
-					return fmt.Errorf("%s grew by %d for %d requests: not the path meant", k.metric, after-before, moduleTimeBatch)
-				}
-			}
-			k.perRound = append(k.perRound, float64(st.Time.Nanoseconds())/moduleTimeBatch)
-			k.n += moduleTimeBatch
-			for ck, ct := range k.px.ModuleTime() {
-				if !ck.Root {
-					k.byCall[ck.Export] += ct.Time
-				}
-			}
+		if err := timedRound(kinds); err != nil {
+			return err
 		}
 	}
 	hit, pass, fl := kinds[0], kinds[1], kinds[2]
@@ -143,6 +116,60 @@ func (b *bench) moduleTime(res *Result) error {
 	res.HitNsByCallback, res.PassthroughNsByCallback, res.FloorNsByCallback = perCall(hit), perCall(pass), perCall(fl)
 	for _, k := range kinds {
 		res.addRounds("wazero "+k.name, k.perRound)
+	}
+	return nil
+}
+
+// timedRound serves moduleTimeBatch requests of every kind, the kinds taking turns every
+// moduleTimeChunk requests, and adds each kind's module time per request to its rounds. The
+// machine's speed drifts (other work, frequency): kinds timed in turns at this grain see the
+// same drift, so a round's ratios compare like with like. The host's own garbage collector is
+// off inside the round (Envoy's C++ host has none, and its background marking would compete
+// with the module for the cores); the module's collector runs as always, inside its callbacks.
+func timedRound(kinds []*timedKind) error {
+	runtime.GC()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	before := make([]uint64, len(kinds))
+	for i, k := range kinds {
+		if k.metric != "" {
+			before[i], _ = k.px.Metric(k.metric)
+		}
+	}
+	total := make([]time.Duration, len(kinds))
+	for range moduleTimeBatch / moduleTimeChunk {
+		for i, k := range kinds {
+			if err := streamsDeleted(k.px); err != nil {
+				return err
+			}
+			k.px.ResetModuleTime()
+			for range moduleTimeChunk {
+				if err := serveOne(k.px, k.path, k.token); err != nil {
+					return fmt.Errorf("%s: %w", k.name, err)
+				}
+			}
+			if err := streamsDeleted(k.px); err != nil {
+				return err
+			}
+			st := k.px.StreamModuleTime()
+			if st.Calls != 6*moduleTimeChunk {
+				return fmt.Errorf("%s: %d stream calls for %d requests, want 6 each", k.name, st.Calls, moduleTimeChunk)
+			}
+			total[i] += st.Time
+			for ck, ct := range k.px.ModuleTime() {
+				if !ck.Root {
+					k.byCall[ck.Export] += ct.Time
+				}
+			}
+		}
+	}
+	for i, k := range kinds {
+		if k.metric != "" {
+			if after, _ := k.px.Metric(k.metric); after-before[i] != moduleTimeBatch {
+				return fmt.Errorf("%s grew by %d for %d requests: not the path meant", k.metric, after-before[i], moduleTimeBatch)
+			}
+		}
+		k.perRound = append(k.perRound, float64(total[i].Nanoseconds())/moduleTimeBatch)
+		k.n += moduleTimeBatch
 	}
 	return nil
 }
@@ -266,7 +293,7 @@ func (b *bench) v8Time(res *Result) (bool, error) {
 	spec, _ := json.Marshal(map[string]any{
 		"filter": filterPath, "floor": floorPath, "pluginConfig": string(cfg.PluginConfig), "env": cfg.Env,
 		"clusters": map[string]string{"idp": "http://" + b.idp.Addr()}, "userToken": tokens[0],
-		"rounds": moduleTimeRounds, "batch": v8Batch, "warmup": v8Warmup,
+		"rounds": moduleTimeRounds, "batch": v8Batch, "chunk": v8Chunk, "warmup": v8Warmup,
 		"only": os.Getenv("BENCH_V8_ONLY"), // hit, passthrough or floor: one kind, e.g. to profile it
 	})
 	specPath := filepath.Join(dir, "spec.json")

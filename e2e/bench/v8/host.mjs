@@ -9,7 +9,7 @@
 //   node host.mjs <spec.json>
 //
 // spec: {filter, floor: paths of .wasm; pluginConfig: JSON string; env: {NAME: value};
-//        clusters: {name: base URL}; userToken; rounds; batch; warmup}
+//        clusters: {name: base URL}; userToken; rounds; batch; chunk; warmup}
 // Prints one JSON object: ns per request and per callback for hit, passthrough and floor,
 // per round.
 
@@ -492,15 +492,22 @@ async function main() {
     k.rounds = [];
     k.byCall = new Array(calls.length).fill(0);
   }
+  // Within a round the kinds take turns every spec.chunk requests, so that they see the same
+  // drift in the machine's speed; the host's own (JavaScript) garbage is collected between
+  // rounds, not inside them.
+  const chunk = spec.chunk || spec.batch;
   for (let r = 0; r < spec.rounds; r++) {
-    for (const k of kinds) {
-      const into = new Array(calls.length).fill(0);
-      // A collection of the host's own (JavaScript) garbage between batches, not inside them.
-      globalThis.gc?.();
-      for (let i = 0; i < spec.batch; i++) await request(k.vm, k.path, spec.userToken, into, k.auth);
-      k.rounds.push(into.reduce((a, b) => a + b, 0) / spec.batch);
-      into.forEach((v, i) => (k.byCall[i] += v));
+    globalThis.gc?.();
+    const into = kinds.map(() => new Array(calls.length).fill(0));
+    for (let c = 0; c < spec.batch; c += chunk) {
+      for (const [j, k] of kinds.entries()) {
+        for (let i = 0; i < chunk; i++) await request(k.vm, k.path, spec.userToken, into[j], k.auth);
+      }
     }
+    kinds.forEach((k, j) => {
+      k.rounds.push(into[j].reduce((a, b) => a + b, 0) / spec.batch);
+      into[j].forEach((v, i) => (k.byCall[i] += v));
+    });
   }
   if (spec.only) {
     process.stdout.write(JSON.stringify({ engine: "profile run", [spec.only]: { rounds: kinds[0].rounds, byCall: {} } }) + "\n");
