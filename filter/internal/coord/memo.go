@@ -43,14 +43,14 @@ func (k memoKey) slot() memoSlot {
 }
 
 type memoEntry struct {
-	userToken  string // the user token it answers (the key's, kept for the compare)
+	userToken string // the user token it answers (the key's, kept for the compare)
 	// audience and scope are the rest of the key it was filed under (put sets the three).
 	audience, scope string
-	bearer     string // "Bearer <exchanged token>", ready for the header
-	token      string // its sealed entry in shared data (an upstream 401 drops it by value)
-	key        string // its cache key, as a flight key
-	untilMs    int64  // monotonic: the earlier of its expiry and the user token's exp
-	generation uint64 // the generation word when the token was read
+	bearer          string // "Bearer <exchanged token>", ready for the header
+	token           string // its sealed entry in shared data (an upstream 401 drops it by value)
+	key             string // its cache key, as a flight key
+	untilMs         int64  // monotonic: the earlier of its expiry and the user token's exp
+	generation      uint64 // the generation word when the token was read
 	// For the refresh ahead of expiry (refresh.go): the token's own expiry and when it was
 	// stored (monotonic), the user token's exp (0: none known), and when this VM looks again
 	// whether the token is being refreshed.
