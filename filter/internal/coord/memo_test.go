@@ -55,3 +55,26 @@ func TestAFreshTokenAHitWaitedForIsFiledForItsUser(t *testing.T) {
 		t.Errorf("the next request read shared data %d times: a memo hit reads only the generation word", got)
 	}
 }
+
+// The memo's map is keyed by a one-word summary; what a hit answers is decided by the whole key:
+// the same user token filed for another audience or scope (or under a summary that collides) is
+// a miss.
+func TestMemoAnswersOnlyItsOwnAudienceAndScope(t *testing.T) {
+	tok := userToken(3)
+	var m memo
+	m.put(memoKey{tok, "api", ""}, &memoEntry{bearer: "Bearer for-api", untilMs: 1 << 40})
+	if _, ok := m.get(memoKey{tok, "api", ""}, 0, 0); !ok {
+		t.Fatal("the entry does not answer its own key")
+	}
+	for _, k := range []memoKey{{tok, "other", ""}, {tok, "api", "openid"}, {tok, "ap", "i"}, {tok[:len(tok)-1], "api", ""}} {
+		if k.slot() == (memoKey{tok, "api", ""}).slot() {
+			t.Errorf("%q/%q: the summary does not tell it apart", k.audience, k.scope)
+		}
+		// Filed under the other key's summary, as a collision would: still not its answer.
+		m.entries[k.slot()] = m.entries[(memoKey{tok, "api", ""}).slot()]
+		if e, ok := m.get(k, 0, 0); ok {
+			t.Fatalf("audience %q, scope %q got the entry for audience api: %q", k.audience, k.scope, e.bearer)
+		}
+		delete(m.entries, k.slot())
+	}
+}
