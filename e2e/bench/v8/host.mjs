@@ -466,6 +466,12 @@ async function request(vm, path, token, into, wantAuth) {
   timed(5, () => x.proxy_on_delete(id));
 }
 
+// metric is the value of the counter named name (0n for none).
+function metric(vm, name) {
+  for (const m of vm.metrics.values()) if (m.name === name) return m.value;
+  return 0n;
+}
+
 async function main() {
   const filter = new VM(readFileSync(spec.filter), spec.pluginConfig, spec.env, spec.clusters);
   await filter.start();
@@ -481,9 +487,11 @@ async function main() {
   const floor = new VM(readFileSync(spec.floor), authorization, {}, {});
   await floor.start();
 
+  // metric: a counter that must grow by one per request of the kind, as in the wazero run, so
+  // that a round timing another path (a hit turned miss, a fallback) fails instead of counting.
   let kinds = [
-    { name: "hit", vm: filter, path: "/api", auth: true },
-    { name: "passthrough", vm: filter, path: "/static/app.js", auth: false },
+    { name: "hit", vm: filter, path: "/api", auth: true, metric: "token_exchange.cache.hit" },
+    { name: "passthrough", vm: filter, path: "/static/app.js", auth: false, metric: "token_exchange.requests_passed_through" },
     { name: "floor", vm: floor, path: "/api", auth: true },
   ];
   if (spec.only) kinds = kinds.filter((k) => k.name === spec.only);
@@ -499,9 +507,16 @@ async function main() {
   for (let r = 0; r < spec.rounds; r++) {
     globalThis.gc?.();
     const into = kinds.map(() => new Array(calls.length).fill(0));
+    const before = kinds.map((k) => metric(k.vm, k.metric));
     for (let c = 0; c < spec.batch; c += chunk) {
       for (const [j, k] of kinds.entries()) {
         for (let i = 0; i < chunk; i++) await request(k.vm, k.path, spec.userToken, into[j], k.auth);
+      }
+    }
+    for (const [j, k] of kinds.entries()) {
+      const grew = metric(k.vm, k.metric) - before[j];
+      if (k.metric && grew !== BigInt(spec.batch)) {
+        throw new Error(`${k.name}: ${k.metric} grew by ${grew} for ${spec.batch} requests: not the path meant: ${k.vm.logs.slice(-3).join(" | ")}`);
       }
     }
     kinds.forEach((k, j) => {
