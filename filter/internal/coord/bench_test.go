@@ -16,9 +16,10 @@ type benchHost struct {
 	pending  func(Answer)
 	header   string
 	upstream int
+	clock    int // NowMs calls
 }
 
-func (h *benchHost) NowMs() int64                           { return h.now }
+func (h *benchHost) NowMs() int64                           { h.clock++; return h.now }
 func (h *benchHost) WallMs() int64                          { return 1_800_000_000_000 + h.now }
 func (h *benchHost) Random() uint64                         { return 42 }
 func (h *benchHost) RegisterQueue(string) (uint32, error)   { return 0, errors.New("no queues") }

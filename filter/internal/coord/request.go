@@ -77,8 +77,6 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 	w := req.w
 	req.inHeaders = true
 	defer func() { req.inHeaders = false }()
-	now := w.host.NowMs()
-	req.deadlineMs = now + int64(w.cfg.TimeoutMs)
 
 	ex := w.cfg.TokenExchange // a copy: a rule may override enabled, audience and scope
 	minLifeMs := w.cfg.MinLifetimeSeconds * 1000
@@ -97,6 +95,9 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 		ex.Enabled, ex.Audience, ex.Scope = rule.Enabled, rule.Audience, rule.Scope
 		minLifeMs = rule.MinLifetimeSeconds * 1000
 	}
+	// The clock, read once, only for a request of ours: a pass-through needs no time.
+	now := w.host.NowMs()
+	req.deadlineMs = now + int64(w.cfg.TimeoutMs)
 	raw, present := hdr.Get(ex.UserTokenHeader)
 	present = present && raw != ""
 	token := raw

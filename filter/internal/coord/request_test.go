@@ -78,3 +78,55 @@ func TestMemoAnswersOnlyItsOwnAudienceAndScope(t *testing.T) {
 		delete(m.entries, k.slot())
 	}
 }
+
+// A request no rule matches costs one header read (:path) and the pass-through counter: no
+// clock, no shared data, no header written or removed. A cached user's hit reads the clock once.
+func TestPassThroughReadsOnlyItsPath(t *testing.T) {
+	cfg, err := config.Parse([]byte(`{"tokenEndpoint":"https://kc.example.com/realms/demo/protocol/openid-connect/token",
+		"clientId":"gateway","clientSecret":"test-secret","tokenExchange":{"enabled":true,"audience":"api"},
+		"rules":[{"pathPrefix":"/api"}]}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &benchHost{now: 1000}
+	store := cachetest.NewEnvoyStore()
+	w := NewWorker(h, cfg, store)
+	store.ResetCounters()
+	h.clock = 0
+	hdr := &countingHeaders{mapHeaders: mapHeaders{":path": "/static/app.js", "x-user-oidc-token": userToken(2)}}
+	if a := w.NewRequest(1).OnRequestHeaders(hdr); a != Continue || h.header != "" {
+		t.Fatalf("a pass-through was %v with %q written", a, h.header)
+	}
+	if h.clock != 0 || store.Gets() != 0 || store.Sets() != 0 {
+		t.Errorf("a pass-through read the clock %d times and shared data %d times (%d writes)", h.clock, store.Gets(), store.Sets())
+	}
+	if len(hdr.reads) != 1 || hdr.reads[0] != ":path" || hdr.changes != 0 {
+		t.Errorf("a pass-through read %q and changed the headers %d times", hdr.reads, hdr.changes)
+	}
+	if _, ok := hdr.mapHeaders["x-user-oidc-token"]; !ok {
+		t.Error("a pass-through removed the user token header")
+	}
+
+	hw, hh, hhdr := hitWorker(t)
+	hh.clock, hh.header = 0, ""
+	hhdr["x-user-oidc-token"] = userToken(7)
+	if a := hw.NewRequest(9).OnRequestHeaders(hhdr); a != Continue || hh.header != "Bearer xtok-bench" {
+		t.Fatalf("not a hit (%v, %q)", a, hh.header)
+	}
+	if hh.clock != 1 {
+		t.Errorf("a memo hit read the clock %d times, want once", hh.clock)
+	}
+}
+
+// countingHeaders records what a request reads and how often it changes the headers.
+type countingHeaders struct {
+	mapHeaders
+	reads   []string
+	changes int
+}
+
+func (c *countingHeaders) Get(name string) (string, bool) {
+	c.reads = append(c.reads, name)
+	return c.mapHeaders.Get(name)
+}
+func (c *countingHeaders) Remove(name string) { c.changes++; c.mapHeaders.Remove(name) }
