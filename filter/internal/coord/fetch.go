@@ -59,7 +59,7 @@ func (w *Worker) hold(req *Request, key string, src source, subject, audience, s
 		src.full(req)
 		return
 	}
-	more := req.beyond()
+	more := req.beyond() // every request in w.held has its beyondHit (OnTick relies on it)
 	if more.waitingFor == "" {
 		w.host.Count(RequestsHeld, 1)
 	}

@@ -130,7 +130,8 @@ func (m *memo) get(k memoKey, nowMs int64, generation uint64) (*memoEntry, bool)
 // memoKey is the key e was filed under.
 func (e *memoEntry) memoKey() memoKey { return memoKey{e.userToken, e.audience, e.scope} }
 
-// put files e under k; e is the caller's no more (its key becomes k).
+// put files e under k; e is the caller's no more (its key becomes k). e must be a fresh entry,
+// never filed before: drop subtracts what put added, from the fields put sets.
 func (m *memo) put(k memoKey, e *memoEntry) {
 	e.userToken, e.audience, e.scope = k.userToken, k.audience, k.scope
 	s := k.slot()
