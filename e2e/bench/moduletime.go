@@ -25,8 +25,9 @@ import (
 // in Envoy has none on this path, and they slow loop-heavy guest code 2.6–4×). No client
 // socket, no concurrent request: what is timed is the module's calls (host.ModuleTime) and
 // the host functions they make. The three kinds take turns every moduleTimeChunk requests within
-// a round (timedRound), so a round's ratios compare code measured under the same machine state. The figures are the median round (ratios:
-// the median of the rounds' ratios); min and max over rounds say how stable they are.
+// a round (timedRound), so a round's ratios compare code measured under the same machine state.
+// The figures are the median round (ratios: the median of the rounds' ratios); min and max over
+// rounds say how stable they are.
 //
 // A round must be long against the module's garbage collections, which run inside the callbacks
 // (a wasm VM has no background mark workers: the allocating callback does all the marking) and

@@ -150,7 +150,7 @@ func TestMemoSummaryCollisionIsAMissNeverAnotherTokensAnswer(t *testing.T) {
 // sameToken tells tokens apart wherever they differ, whatever their lengths.
 func TestSameToken(t *testing.T) {
 	base := strings.Repeat("abcdefghij", 160)
-	for n := 0; n <= 140; n++ { // every remainder after zero, one and two 64-byte turns
+	for n := 0; n <= 140; n++ { // every remainder after zero, one and two 64-byte turns (8-byte words, then bytes)
 		a := base[:n]
 		if !sameToken(a, strings.Clone(a)) {
 			t.Fatalf("length %d: a token differs from its copy", n)

@@ -3,7 +3,6 @@ package coord
 import (
 	"strconv"
 
-	"github.com/kagenti/token-exchange-filter/filter/config"
 	"github.com/kagenti/token-exchange-filter/filter/internal/cache"
 	"github.com/kagenti/token-exchange-filter/filter/internal/flight"
 	"github.com/kagenti/token-exchange-filter/filter/internal/oauth"
@@ -71,12 +70,32 @@ func (s *refreshSource) note(n refreshNote, msg string) {
 	}
 }
 
+// sendCached sends the request on with cached token e (filed under mk) unless it must wait for a
+// fresh one (mustWait holds or answers it), then starts the background refresh mustWait asked
+// for: after the request has its token, because the refresh's dispatch may run other contexts'
+// callbacks (the SDK's emulator runs queue callbacks inline).
+func (req *Request) sendCached(e *memoEntry, mk memoKey, minLifeMs int64, now int64) {
+	w := req.w
+	var refresh *memoEntry
+	if minLifeMs > 0 || w.refreshAheadMs > 0 {
+		var held bool
+		if held, refresh = req.mustWait(e, mk, minLifeMs, now); held {
+			return
+		}
+	}
+	w.count(CacheHit)
+	req.useBearer(e.bearer, e, "")
+	if refresh != nil {
+		w.refresh.start(refresh, mk, now)
+	}
+}
+
 // mustWait decides, for a request about to be sent with cached token e (filed under mk), whether
 // it must wait for a fresh one (minLifeMs, from minLifetimeSeconds: held, or in strict mode
 // answered) and whether e is in its refresh window. It reports true when the request was held or
-// answered, and otherwise the entry whose background refresh startRefresh is to start once the
-// request has its token (nil: none).
-func (req *Request) mustWait(e *memoEntry, mk memoKey, minLifeMs int64, ex config.Exchange, now int64) (bool, *memoEntry) {
+// answered, and otherwise the entry to refresh in the background once the request has its token
+// (nil: none).
+func (req *Request) mustWait(e *memoEntry, mk memoKey, minLifeMs int64, now int64) (bool, *memoEntry) {
 	w := req.w
 	s := &w.refresh
 	userFirst := e.userUntilMs != 0 && e.userUntilMs <= e.tokenUntilMs+refreshMarginMs
@@ -98,7 +117,7 @@ func (req *Request) mustWait(e *memoEntry, mk memoKey, minLifeMs int64, ex confi
 			more := req.beyond()
 			more.stale, more.memoKey, more.userUntilMs = e, mk, e.userUntilMs
 			s.remember(key, e, mk) // before hold: its dispatch may claim at once
-			w.hold(req, key, s, mk.userToken, ex.Audience, ex.Scope)
+			w.hold(req, key, s, mk.userToken, mk.audience, mk.scope)
 			if _, running := w.flights.Get(key); !running {
 				delete(s.old, key) // settled at once (table full, or claimed and done)
 			}
@@ -118,19 +137,9 @@ func (req *Request) mustWait(e *memoEntry, mk memoKey, minLifeMs int64, ex confi
 			s.note(noteShortTokens, "the IdP's exchanged tokens are usable for less than refreshAheadSeconds: each is refreshed once half its lifetime has passed")
 		}
 	default:
-		// Started once the request has its token: the refresh's dispatch may run other
-		// contexts' callbacks (the SDK's emulator runs queue callbacks inline).
-		return false, e
+		return false, e // started by sendCached once the request has its token
 	}
 	return false, nil
-}
-
-// startRefresh starts the background refresh of e (nil: none) that mustWait asked for, for the
-// user token of mk.
-func (req *Request) startRefresh(e *memoEntry, mk memoKey, ex config.Exchange, now int64) {
-	if e != nil {
-		req.w.refresh.start(e, mk, mk.userToken, ex, now)
-	}
 }
 
 // minLifetimeOutcome says what happens to a request whose minLifetime cannot be met.
@@ -141,15 +150,16 @@ func (req *Request) minLifetimeOutcome() string {
 	return "strict mode answers 401"
 }
 
-// start begins a background refresh of e's key unless one runs on this VM already.
-func (s *refreshSource) start(e *memoEntry, mk memoKey, userToken string, ex config.Exchange, now int64) {
+// start begins a background refresh of e's key, for the user token, audience and scope of mk,
+// unless one runs on this VM already.
+func (s *refreshSource) start(e *memoEntry, mk memoKey, now int64) {
 	w := s.w
 	key := refreshFlightPrefix + e.key
 	f := w.flights.Start(key, now+int64(w.cfg.TimeoutMs)+FlightGraceMs)
 	if f == nil {
 		return // running, or the flight table is full
 	}
-	f.Subject, f.Audience, f.Scope = userToken, ex.Audience, ex.Scope
+	f.Subject, f.Audience, f.Scope = mk.userToken, mk.audience, mk.scope
 	s.remember(key, e, mk)
 	w.launch(f)
 }

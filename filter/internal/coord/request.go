@@ -122,16 +122,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			if !req.removeOnceSent(hdr, ex.UserTokenHeader, raw, ex.RemoveUserTokenHeader) {
 				return req.repeatedUserToken(ex, now)
 			}
-			var refresh *memoEntry
-			if minLifeMs > 0 || w.refreshAheadMs > 0 {
-				var held bool
-				if held, refresh = req.mustWait(e, mk, minLifeMs, ex, now); held {
-					return req.action()
-				}
-			}
-			w.count(CacheHit)
-			req.useBearer(e.bearer, e, "")
-			req.startRefresh(refresh, mk, ex, now)
+			req.sendCached(e, mk, minLifeMs, now)
 			return req.action()
 		}
 	}
@@ -191,16 +182,7 @@ func (req *Request) OnRequestHeaders(hdr RequestHeaders) Action {
 			if more.memoKey.userToken != "" {
 				w.memo.put(more.memoKey, e)
 			}
-			var refresh *memoEntry
-			if minLifeMs > 0 || w.refreshAheadMs > 0 {
-				var held bool
-				if held, refresh = req.mustWait(e, more.memoKey, minLifeMs, ex, now); held {
-					break
-				}
-			}
-			w.count(CacheHit)
-			req.useBearer(e.bearer, e, "")
-			req.startRefresh(refresh, more.memoKey, ex, now) // (token is the exchanged one here)
+			req.sendCached(e, more.memoKey, minLifeMs, now)
 			break
 		}
 		// A forged entry (now deleted) is a miss.
